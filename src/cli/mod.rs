@@ -1,0 +1,241 @@
+//! The command line: argument parsing (clap derive) and one file per
+//! command. No logic beyond turning arguments into library calls and
+//! results into text; errors are returned, never printed here, except the
+//! diagnostics list a command exists to print.
+
+mod eval;
+mod graph;
+mod pending;
+mod render;
+mod validate;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::defs::{Definitions, LoadOptions, Platform, load};
+use crate::diag::{Report, Severity};
+
+/// How a command failed: the user's input (exit 1) or composer itself (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    User(anyhow::Error),
+    #[error(transparent)]
+    Internal(anyhow::Error),
+}
+
+impl CliError {
+    pub fn user(msg: impl std::fmt::Display) -> Self {
+        CliError::User(anyhow::anyhow!("{msg}"))
+    }
+
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::User(_) => ExitCode::from(1),
+            CliError::Internal(_) => ExitCode::from(2),
+        }
+    }
+}
+
+pub type CliResult = Result<ExitCode, CliError>;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "composer",
+    version,
+    about = "Build custom kernels, signed out-of-tree modules and Talos system extensions from bldr definitions",
+    long_about = None,
+    after_help = "Examples:\n  composer validate\n  composer graph kernel hailort --format dot | dot -Tsvg > graph.svg\n  composer render hailort-pkg --platform linux/arm64\n  composer eval --target hailort '{{ .VERSION }}'\n\nExit codes: 0 ok, 1 problem in the input, 2 internal error. NO_COLOR disables colour."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// A definition root (a directory with a Pkgfile and pkg.yaml files).
+    /// Repeat for several roots in one graph. Default: `pkgs` and
+    /// `extensions` when they exist in the current directory, else `.`.
+    #[arg(long = "root", global = true, value_name = "DIR")]
+    pub roots: Vec<PathBuf>,
+    /// More detail (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Print data as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Options that pick the variables a tree is rendered with.
+#[derive(Args, Debug, Clone)]
+pub struct RenderOpts {
+    /// Target platform.
+    #[arg(long, default_value = "linux/amd64", value_parser = parse_platform)]
+    pub platform: Platform,
+    /// A build argument, visible to templates as `.BUILD_ARG_<NAME>`.
+    #[arg(long = "build-arg", value_name = "NAME=VALUE", value_parser = parse_build_arg)]
+    pub build_args: Vec<(String, String)>,
+    /// Treat warnings (such as undefined template variables) as errors.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Load every definition for every platform and print all problems.
+    #[command(
+        after_help = "Examples:\n  composer validate\n  composer validate --root ../pkgs --strict\n  composer validate --json | jq '.diagnostics[]'"
+    )]
+    Validate(validate::ValidateArgs),
+    /// Show the dependency graph of targets (text tree, DOT or JSON).
+    #[command(
+        after_help = "Examples:\n  composer graph kernel\n  composer graph hailort --format dot | dot -Tpng > graph.png\n  composer graph kernel hailort --format json"
+    )]
+    Graph(graph::GraphArgs),
+    /// Print a target's pkg.yaml after template expansion, as bldr parses it.
+    #[command(
+        after_help = "Examples:\n  composer render kernel-build\n  composer render hailort --template manifest.yaml\n  composer render kernel --platform linux/arm64 --build-arg KERNEL_TARGET=olddefconfig"
+    )]
+    Render(render::RenderArgs),
+    /// Render a template in a target's variable context (like `bldr eval`).
+    #[command(
+        after_help = "Examples:\n  composer eval --target hailort '{{ .VERSION }}'\n  TAG=$(composer eval --target kernel '{{ .linux_version }}')"
+    )]
+    Eval(eval::EvalArgs),
+    /// Build targets (not implemented yet in this version).
+    Build(pending::PendingArgs),
+    /// Assemble an installer image from extensions (not implemented yet in this version).
+    ImageInstaller(pending::PendingArgs),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> CliResult {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Validate(a) => validate::run(g, a),
+        Command::Graph(a) => graph::run(g, a),
+        Command::Render(a) => render::run(g, a),
+        Command::Eval(a) => eval::run(g, a),
+        Command::Build(a) => pending::run("build", a),
+        Command::ImageInstaller(a) => pending::run("image-installer", a),
+    }
+}
+
+fn parse_platform(s: &str) -> Result<Platform, String> {
+    s.parse()
+}
+
+fn parse_build_arg(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got `{s}`")),
+    }
+}
+
+/// The roots to load: the ones given, or the project defaults.
+pub fn roots(global: &Global) -> Vec<PathBuf> {
+    if !global.roots.is_empty() {
+        return global.roots.clone();
+    }
+    let defaults: Vec<PathBuf> = ["pkgs", "extensions"]
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .collect();
+    if defaults.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        defaults
+    }
+}
+
+/// Loads the roots for one platform; prints the diagnostics to stderr and
+/// fails when there are errors (warnings are printed and let through).
+pub fn load_checked(global: &Global, opts: &RenderOpts) -> Result<Definitions, CliError> {
+    let (defs, mut report) = load(&LoadOptions {
+        roots: absolute_roots(global)?,
+        platform: opts.platform,
+        build_args: opts.build_args.clone(),
+    });
+    let graph = crate::graph::Graph::new(&defs, &mut report);
+    drop(graph);
+    if opts.strict {
+        report.escalate_warnings();
+    }
+    let report = report.sorted();
+    print_report(&report);
+    if report.has_errors() {
+        return Err(CliError::user(format!(
+            "the definitions have problems ({})",
+            report.summary()
+        )));
+    }
+    Ok(defs)
+}
+
+/// Roots as absolute paths, so spans are stable whatever the cwd; a root
+/// that does not exist is a user error.
+pub fn absolute_roots(global: &Global) -> Result<Vec<PathBuf>, CliError> {
+    roots(global)
+        .into_iter()
+        .map(|r| {
+            std::path::absolute(&r)
+                .map_err(|e| CliError::user(format!("root {}: {e}", r.display())))
+                .and_then(|abs| {
+                    if abs.is_dir() {
+                        Ok(normalize(&abs))
+                    } else {
+                        Err(CliError::user(format!(
+                            "root {} is not a directory",
+                            r.display()
+                        )))
+                    }
+                })
+        })
+        .collect()
+}
+
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Prints diagnostics to stderr, coloured when stderr is a terminal and
+/// NO_COLOR is unset.
+pub fn print_report(report: &Report) {
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    for d in report.iter() {
+        let line = d.to_string();
+        if color {
+            let (label, code) = match d.severity {
+                Severity::Error => ("error", "1;31"),
+                Severity::Warning => ("warning", "1;33"),
+            };
+            eprintln!(
+                "{}",
+                line.replacen(
+                    &format!(": {label}: "),
+                    &format!(": \x1b[{code}m{label}\x1b[0m: "),
+                    1
+                )
+            );
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! composer: builds custom Linux kernels, out-of-tree modules and Talos
+//! system extensions from bldr-compatible definitions, in one binary.
+//!
+//! The pipeline runs in one direction, and each module imports only from
+//! the phases before it:
+//!
+//! ```text
+//! definitions (Pkgfile, pkg.yaml, vars.yaml, *.tmpl; several roots)   defs/
+//!   → graph (resolved stages, targets, runtime closure)                graph/
+//!   → execution, signing, validation, outputs, installer              (to come)
+//! CLI: a thin layer over the library; it parses, calls, prints.        cli/
+//! ```
+//!
+//! `diag` is shared by every phase: positions, diagnostics, reports.
+
+pub mod cli;
+pub mod defs;
+pub mod diag;
+pub mod graph;
