@@ -283,3 +283,40 @@ fn validate_json_reports_diagnostics_as_data() {
     assert_eq!((d["line"].as_u64(), d["col"].as_u64()), (Some(3), Some(1)));
     assert_eq!(d["hint"], "did you mean `shell`?");
 }
+
+#[test]
+fn bundled_demo_tree_validates_strictly_for_both_platforms() {
+    let top = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sha256 = format!("LINUX_SOURCE_SHA256={}", "0".repeat(64));
+    let sha512 = format!("LINUX_SOURCE_SHA512={}", "f".repeat(128));
+    let out = composer(
+        top,
+        &[
+            "validate",
+            "--strict",
+            "--build-arg",
+            &sha256,
+            "--build-arg",
+            &sha512,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("0 errors, 0 warnings"), "{stderr}");
+    let graph = ok(
+        top,
+        &[
+            "graph",
+            "hailort",
+            "hello",
+            "--build-arg",
+            &sha256,
+            "--build-arg",
+            &sha512,
+        ],
+    );
+    assert!(
+        graph.contains("hello\n└── hello-module (/ -> /rootfs)\n    └── kernel-build (*)"),
+        "{graph}"
+    );
+}
