@@ -2,31 +2,12 @@
 //! precedence, runtime closure, the three graph formats, render, eval, and
 //! the commands that are not implemented yet.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
+use common::{composer, tree};
 use tempfile::TempDir;
-
-fn tree(files: &[(&str, &str)]) -> TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for (path, content) in files {
-        let p = dir.path().join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, content).unwrap();
-    }
-    dir
-}
-
-fn composer(cwd: &Path, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_composer"))
-        .args(args)
-        .current_dir(cwd)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
-    out
-}
 
 fn ok(cwd: &Path, args: &[&str]) -> String {
     let out = composer(cwd, args);

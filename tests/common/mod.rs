@@ -1,0 +1,31 @@
+//! Shared by the integration tests: a tree of files in a fresh temporary
+//! directory, and running the real `composer` binary on it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use tempfile::TempDir;
+
+/// Writes `(relative path, contents)` pairs into a fresh directory.
+pub fn tree<C: AsRef<[u8]>>(files: &[(&str, C)]) -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, content) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    dir
+}
+
+/// Runs composer in `cwd` without colour; a panic is always a failure.
+pub fn composer(cwd: &Path, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_composer"))
+        .args(args)
+        .current_dir(cwd)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    out
+}
