@@ -301,3 +301,19 @@ fn bundled_demo_tree_validates_strictly_for_both_platforms() {
         "{graph}"
     );
 }
+
+#[test]
+fn verbose_says_what_was_loaded_from_each_root() {
+    let p = project();
+    let out = composer(p.path(), &["validate", "-v", "--platform", "linux/arm64"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("loaded 4 packages from pkgs for linux/arm64"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("loaded 1 packages from extensions for linux/arm64"),
+        "{stderr}"
+    );
+}

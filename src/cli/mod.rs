@@ -158,11 +158,13 @@ pub fn roots(global: &Global) -> Vec<PathBuf> {
 /// Loads the roots for one platform; prints the diagnostics to stderr and
 /// fails when there are errors (warnings are printed and let through).
 pub fn load_checked(global: &Global, opts: &RenderOpts) -> Result<Definitions, CliError> {
+    let started = std::time::Instant::now();
     let (defs, mut report) = load(&LoadOptions {
         roots: absolute_roots(global)?,
         platform: opts.platform,
         build_args: opts.build_args.clone(),
     });
+    verbose_summary(global, &defs, started);
     let graph = crate::graph::Graph::new(&defs, &mut report);
     drop(graph);
     if opts.strict {
@@ -177,6 +179,22 @@ pub fn load_checked(global: &Global, opts: &RenderOpts) -> Result<Definitions, C
         )));
     }
     Ok(defs)
+}
+
+/// With `-v`: what was loaded from where, and how long it took.
+pub fn verbose_summary(global: &Global, defs: &Definitions, started: std::time::Instant) {
+    if global.verbose == 0 {
+        return;
+    }
+    for (i, root) in defs.roots.iter().enumerate() {
+        let n = defs.packages.iter().filter(|p| p.root == i).count();
+        eprintln!(
+            "loaded {n} packages from {} for {}",
+            crate::diag::display_path(&root.dir).display(),
+            defs.platform
+        );
+    }
+    eprintln!("loaded in {} ms", started.elapsed().as_millis());
 }
 
 /// Roots as absolute paths, so spans are stable whatever the cwd; a root

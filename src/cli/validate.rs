@@ -56,11 +56,13 @@ pub fn run(global: &Global, args: &ValidateArgs) -> CliResult {
     let mut report = Report::new();
     let mut packages = 0;
     for platform in platforms {
+        let started = std::time::Instant::now();
         let (defs, mut r) = load(&LoadOptions {
             roots: roots.clone(),
             platform,
             build_args: args.build_args.clone(),
         });
+        super::verbose_summary(global, &defs, started);
         let graph = Graph::new(&defs, &mut r);
         graph.check_all(&mut r);
         packages = packages.max(defs.packages.len());
