@@ -7,7 +7,9 @@
 //! ```text
 //! definitions (Pkgfile, pkg.yaml, vars.yaml, *.tmpl; several roots)   defs/
 //!   → graph (resolved stages, targets, runtime closure)                graph/
-//!   → execution, signing, validation, outputs, installer              (to come)
+//!   → execution (sandbox, sources, cache, scheduler)                  exec/
+//!       ↳ signing session (ephemeral key; certificate to the kernel)  sign/
+//!   → validation, outputs, installer                                  (to come)
 //! CLI: a thin layer over the library; it parses, calls, prints.        cli/
 //! ```
 //!
@@ -16,4 +18,6 @@
 pub mod cli;
 pub mod defs;
 pub mod diag;
+pub mod exec;
 pub mod graph;
+pub mod sign;

@@ -3,6 +3,8 @@
 //! results into text; errors are returned, never printed here, except the
 //! diagnostics list a command exists to print.
 
+mod build;
+mod cache;
 mod eval;
 mod graph;
 mod pending;
@@ -108,8 +110,16 @@ pub enum Command {
         after_help = "Examples:\n  composer eval --target hailort '{{ .VERSION }}'\n  TAG=$(composer eval --target kernel '{{ .linux_version }}')"
     )]
     Eval(eval::EvalArgs),
-    /// Build targets (not implemented yet in this version).
-    Build(pending::PendingArgs),
+    /// Build targets in sandboxes, with a content-addressed cache; each target's filesystem lands in _out/<target>/.
+    #[command(
+        after_help = "Examples:\n  composer build kernel hello-module\n  composer build kernel --build-arg LINUX_SOURCE_SHA256=... --build-arg LINUX_SOURCE_SHA512=...\n  composer build -v hello-module            # explain every cache miss\n  composer build --offline --source-mirror /srv/sources hailort-pkg\n\nLogs: _out/logs/<stage>/<step>-<phase>.log. Needs bubblewrap (apt-get install bubblewrap)."
+    )]
+    Build(build::BuildArgs),
+    /// Inspect, prune or verify the build cache.
+    #[command(
+        after_help = "Examples:\n  composer cache ls\n  composer cache prune --older-than 7\n  composer cache verify --repair"
+    )]
+    Cache(cache::CacheArgs),
     /// Assemble an installer image from extensions (not implemented yet in this version).
     ImageInstaller(pending::PendingArgs),
 }
@@ -122,7 +132,8 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Graph(a) => graph::run(g, a),
         Command::Render(a) => render::run(g, a),
         Command::Eval(a) => eval::run(g, a),
-        Command::Build(a) => pending::run("build", a),
+        Command::Build(a) => build::run(g, a),
+        Command::Cache(a) => cache::run(g, a),
         Command::ImageInstaller(a) => pending::run("image-installer", a),
     }
 }

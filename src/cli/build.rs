@@ -1,0 +1,269 @@
+//! `composer build TARGET...`: loads the definitions, resolves the plan,
+//! runs it through `exec::build`, and shows progress. This thread owns the
+//! terminal: a live view of running stages on a terminal, plain lines
+//! otherwise.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use super::{CliError, CliResult, Global, RenderOpts, load_checked};
+use crate::exec::{self, Progress, SessionCert};
+use crate::graph::Graph;
+use crate::sign::Session;
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// Stages to build; each one's filesystem lands in OUTPUT/<target>/.
+    #[arg(value_name = "TARGET", required = true)]
+    pub targets: Vec<String>,
+    /// Where targets and logs go.
+    #[arg(long, short = 'o', value_name = "DIR", default_value = "_out")]
+    pub output: PathBuf,
+    /// Stages run in parallel at most (default: number of CPUs).
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
+    /// The cache directory (default: $XDG_CACHE_HOME/composer or ~/.cache/composer).
+    #[arg(long, value_name = "DIR", env = "COMPOSER_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Never download: sources come from the download cache or a local mirror.
+    #[arg(long)]
+    pub offline: bool,
+    /// Look for sources here first, as MIRROR/<sha256> or MIRROR/<file name>
+    /// (a directory, file:// or http(s):// URL). Repeatable.
+    #[arg(long = "source-mirror", value_name = "MIRROR")]
+    pub mirrors: Vec<String>,
+    #[command(flatten)]
+    pub opts: RenderOpts,
+}
+
+/// The default cache directory.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("composer");
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".cache/composer"),
+        None => PathBuf::from(".composer-cache"),
+    }
+}
+
+pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
+    let started = Instant::now();
+    let defs = load_checked(global, &args.opts)?;
+    let mut report = crate::diag::Report::default();
+    let graph = Graph::new(&defs, &mut report);
+    let plan = graph
+        .resolve(&args.targets)
+        .map_err(|e| CliError::User(e.into()))?;
+    let epoch = source_date_epoch(&args.opts.build_args)?;
+    let opts = exec::Options {
+        cache_dir: args.cache_dir.clone().unwrap_or_else(default_cache_dir),
+        output: args.output.clone(),
+        jobs: args.jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
+        offline: args.offline,
+        mirrors: args.mirrors.clone(),
+        epoch,
+    };
+    let mut session: Option<Session> = None;
+    let mut start_session = || -> Result<SessionCert, String> {
+        let s = Session::start().map_err(|e| e.to_string())?;
+        let cert = SessionCert {
+            id: s.id(),
+            cert_pem: s.cert_pem().as_bytes().to_vec(),
+        };
+        session = Some(s);
+        Ok(cert)
+    };
+    let mut view = View::new(global.verbose);
+    let result = exec::build(&defs, &plan, &opts, &mut start_session, &mut |p| {
+        view.show(p)
+    });
+    view.clear();
+    let summary = result
+        .with_context(|| format!("building {}", args.targets.join(" ")))
+        .map_err(CliError::User)?;
+    if let Some(s) = &session {
+        debug_assert!(s.has_key());
+    }
+    eprintln!(
+        "built {} stage(s), {} cached, in {}",
+        summary.built.len(),
+        summary.cached.len(),
+        human(started.elapsed())
+    );
+    for (target, path) in &summary.outputs {
+        println!("{target}\t{}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SOURCE_DATE_EPOCH from `--build-arg` or the environment.
+fn source_date_epoch(build_args: &[(String, String)]) -> Result<Option<i64>, CliError> {
+    let v = build_args
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "SOURCE_DATE_EPOCH")
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok())
+        .filter(|v| !v.is_empty());
+    match v {
+        None => Ok(None),
+        Some(v) => v.trim().parse::<i64>().map(Some).map_err(|_| {
+            CliError::user(format!(
+                "SOURCE_DATE_EPOCH must be a number of seconds, got `{v}`"
+            ))
+        }),
+    }
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 60.0 {
+        format!("{s:.1}s")
+    } else {
+        format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    }
+}
+
+/// The progress display.
+struct View {
+    verbose: u8,
+    multi: Option<MultiProgress>,
+    bars: HashMap<String, (ProgressBar, String)>,
+    started: HashMap<String, Instant>,
+}
+
+impl View {
+    fn new(verbose: u8) -> View {
+        let tty = std::io::stderr().is_terminal();
+        View {
+            verbose,
+            multi: tty.then(MultiProgress::new),
+            bars: HashMap::new(),
+            started: HashMap::new(),
+        }
+    }
+
+    fn say(&self, line: String) {
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn show(&mut self, p: Progress) {
+        match p {
+            Progress::WaitingForLock(dir) => self.say(format!(
+                "waiting for another composer using the cache {}",
+                dir.display()
+            )),
+            Progress::Planned {
+                stage,
+                cached,
+                reasons,
+            } => {
+                if cached {
+                    if self.verbose > 0 {
+                        self.say(format!("{stage}: cached"));
+                    }
+                } else if self.verbose > 0 {
+                    self.say(format!("{stage}: to build, because:"));
+                    for r in reasons {
+                        self.say(format!("    {r}"));
+                    }
+                }
+            }
+            Progress::SessionStarted { id, stages } => self.say(format!(
+                "signing session {} (ephemeral key) for {}",
+                &id[..16.min(id.len())],
+                stages.join(", ")
+            )),
+            Progress::SessionReused { id } => {
+                if self.verbose > 0 {
+                    self.say(format!(
+                        "signing session {}: all its stages are cached",
+                        &id[..16.min(id.len())]
+                    ));
+                }
+            }
+            Progress::Started(stage) => {
+                self.started.insert(stage.clone(), Instant::now());
+                match &self.multi {
+                    Some(m) => {
+                        let bar = m.add(ProgressBar::new_spinner());
+                        bar.set_style(
+                            ProgressStyle::with_template(
+                                "{spinner} {prefix:.bold} {elapsed:>4} {wide_msg}",
+                            )
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                        );
+                        bar.set_prefix(stage.clone());
+                        bar.enable_steady_tick(Duration::from_millis(120));
+                        self.bars.insert(stage, (bar, String::new()));
+                    }
+                    None => eprintln!("{stage}: started"),
+                }
+            }
+            Progress::Phase { stage, phase } => match self.bars.get_mut(&stage) {
+                Some((bar, p)) => {
+                    bar.set_message(phase.clone());
+                    *p = phase;
+                }
+                None => {
+                    if self.verbose > 0 {
+                        eprintln!("{stage}: {phase}");
+                    }
+                }
+            },
+            Progress::Line { stage, line } => {
+                if let Some((bar, phase)) = self.bars.get(&stage) {
+                    let line: String = line.chars().take(120).collect();
+                    bar.set_message(format!("{phase}: {line}"));
+                } else if self.verbose > 1 {
+                    eprintln!("{stage}| {line}");
+                }
+            }
+            Progress::Finished { stage, elapsed } => {
+                if let Some((bar, _)) = self.bars.remove(&stage) {
+                    bar.finish_and_clear();
+                }
+                self.say(format!("{stage}: built in {}", human(elapsed)));
+            }
+            Progress::Failed { stage } => {
+                if let Some((bar, _)) = self.bars.remove(&stage) {
+                    bar.finish_and_clear();
+                }
+                let t = self
+                    .started
+                    .get(&stage)
+                    .map(|s| human(s.elapsed()))
+                    .unwrap_or_default();
+                self.say(format!("{stage}: FAILED after {t}"));
+            }
+            Progress::Exported { target, path } => {
+                if self.verbose > 0 {
+                    self.say(format!("{target}: output in {}", path.display()));
+                }
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        for (_, (bar, _)) in self.bars.drain() {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Execution: runs the stages of a plan in sandboxes and caches their
+//! outputs by content.
+//!
+//! Data flow inside the phase: `pkgdir` (what /pkg holds) and `key` (the
+//! fingerprint of a stage) feed `build` (cache decisions, the signing
+//! session rule, the scheduler), which runs each stage with `stage`: inputs
+//! merged with `fsops`, sources fetched and verified by `sources`, script
+//! items run by `sandbox`, the output committed to `cache`.
+//!
+//! Imports only from `defs`, `graph` and `diag`; the signing session is
+//! given to it as a certificate and a callback, so it knows nothing of keys.
+
+pub mod build;
+pub mod cache;
+pub mod fsops;
+pub mod key;
+pub mod pkgdir;
+pub mod sandbox;
+pub mod sources;
+pub mod stage;
+
+pub use build::{BuildError, Options, Progress, SessionCert, Summary, build};

@@ -1,0 +1,430 @@
+//! Running one stage: its root assembled from its inputs, its steps in the
+//! sandbox, its output finalized into a cache entry.
+//!
+//! Order, as bldr has it: inputs merged (each dependency's `from` copied to
+//! its `to`, in merge order) → `/pkg` → per step: sources (verified), then
+//! `prepare`, `build`, `install` items → `finalize` into the entry → `test`
+//! items. Tests run after finalize on the stage's own root, which is thrown
+//! away afterwards: their changes never reach the output, and their failure
+//! discards the entry.
+//!
+//! Invariants: every item runs as `<shell> -c "set -eou pipefail\n<item>"`
+//! with the built-in variables, `PKG_NAME` and the env of this and earlier
+//! steps; every item's output is in `<logs>/<stage>/<n>-<phase>.log`; the
+//! stage's work directory is removed whether it succeeds or not.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::cache::{Cache, CacheError, Entry, Meta, now};
+use super::fsops::{self, FsError};
+use super::pkgdir::PkgDir;
+use super::sandbox::{self, HOST_DIRS, Mount, Outcome, SandboxError, Spec};
+use super::sources::{self, SourceError, SourceOptions};
+use crate::defs::load::Package;
+use crate::defs::schema::{Network, Variant};
+use crate::defs::vars::Platform;
+use crate::graph::Input;
+
+/// Lines of a failing item's log shown with the error.
+pub const TAIL_LINES: usize = 25;
+
+/// Where the signing session's certificate directory appears.
+pub const SESSION_DIR: &str = "/signing/certs";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("{what} failed{}\n  command:\n{}\n  log: {}\n{}", exit(.code), indent(.script), .log.display(), tail_text(.tail))]
+    Step {
+        what: String,
+        script: String,
+        code: Option<i32>,
+        log: PathBuf,
+        tail: Vec<String>,
+    },
+    #[error(
+        "{what} read from stdin, which is closed in builds: `{command}` waited for input and was stopped\n  \
+         make the command non-interactive (for a kernel config: `make olddefconfig` instead of `make oldconfig`)\n  log: {}", .log.display()
+    )]
+    ReadStdin {
+        what: String,
+        command: String,
+        log: PathBuf,
+    },
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+fn exit(code: &Option<i32>) -> String {
+    code.map(|c| format!(" with exit code {c}"))
+        .unwrap_or_else(|| " (killed by a signal)".to_string())
+}
+
+fn indent(s: &str) -> String {
+    s.trim_end()
+        .lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn tail_text(lines: &[String]) -> String {
+    if lines.is_empty() {
+        return "  (no output)".to_string();
+    }
+    let mut s = format!("  last {} lines:", lines.len());
+    for l in lines {
+        s.push_str("\n  | ");
+        s.push_str(l);
+    }
+    s
+}
+
+/// What is shared by every stage of a build.
+pub struct Context<'a> {
+    pub cache: &'a Cache,
+    pub sources: &'a SourceOptions,
+    pub platform: Platform,
+    pub epoch: Option<i64>,
+    /// `<output>/logs`.
+    pub logs: PathBuf,
+    /// The signing session's certificate directory, for session stages.
+    pub session_certs: Option<PathBuf>,
+}
+
+/// A stage ready to run: everything resolved.
+pub struct Job {
+    pub package: Package,
+    pub key: String,
+    pub fingerprint: super::key::Fingerprint,
+    /// Inputs in merge order with the output directory of each.
+    pub inputs: Vec<(Input, PathBuf)>,
+    pub pkgdir: PkgDir,
+    pub session: Option<String>,
+}
+
+/// Progress of a running stage.
+pub enum Event {
+    Phase(String),
+    Line(String),
+}
+
+/// Runs `job` and commits its output to the cache.
+pub fn run(job: &Job, ctx: &Context<'_>, emit: &mut dyn FnMut(Event)) -> Result<Entry, StageError> {
+    let name = job.package.pkg.name.value.clone();
+    let work = ctx.cache.work_dir(&name)?;
+    let result = run_in(job, ctx, &work, emit);
+    let _ = fsops::remove_tree(&work);
+    result
+}
+
+fn run_in(
+    job: &Job,
+    ctx: &Context<'_>,
+    work: &Path,
+    emit: &mut dyn FnMut(Event),
+) -> Result<Entry, StageError> {
+    let started = Instant::now();
+    let pkg = &job.package.pkg;
+    let name = pkg.name.value.as_str();
+    let root = work.join("root");
+    let build = work.join("build");
+    let pkg_dir = work.join("pkg");
+    for d in [&root, &build] {
+        fs::create_dir_all(d).map_err(|e| FsError {
+            path: d.clone(),
+            source: e,
+        })?;
+    }
+    let host = match pkg.variant {
+        Variant::Host => true,
+        Variant::Scratch => false,
+        Variant::Alpine => {
+            return Err(StageError::Config(format!(
+                "stage {name}: variant alpine needs the Alpine base image from a registry, which this version cannot pull; \
+                 use variant scratch with an image dependency from a local OCI layout (`image: oci:DIR[:TAG]`), or variant host"
+            )));
+        }
+    };
+
+    emit(Event::Phase("merging inputs".into()));
+    for (input, out) in &job.inputs {
+        if host {
+            let first = input
+                .to
+                .trim_start_matches('/')
+                .split('/')
+                .next()
+                .unwrap_or("");
+            if HOST_DIRS.contains(&first) {
+                return Err(StageError::Config(format!(
+                    "stage {name}: {} cannot be merged at {}: in variant host, /{first} is the host's and read-only",
+                    input.what, input.to
+                )));
+            }
+        }
+        fsops::copy_into(out, &input.from, &root, &input.to)?;
+    }
+    job.pkgdir.materialize(&pkg_dir)?;
+
+    let mut env: Vec<(String, String)> = ctx
+        .platform
+        .builtins()
+        .iter()
+        .map(|(k, v)| (k.to_string(), value_string(v)))
+        .collect();
+    env.push(("PKG_NAME".into(), name.to_string()));
+
+    let pending = ctx.cache.begin()?;
+    let logs = ctx.logs.join(name);
+    fs::create_dir_all(&logs).map_err(|e| FsError {
+        path: logs.clone(),
+        source: e,
+    })?;
+
+    let mut tests = Vec::new();
+    for (i, step) in pkg.steps.iter().enumerate() {
+        let n = i + 1;
+        for (k, v) in &step.env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        let mut mounts = vec![Mount {
+            src: pkg_dir.clone(),
+            dst: "/pkg".into(),
+            writable: false,
+        }];
+        if let Some(certs) = &ctx.session_certs
+            && job.session.is_some()
+        {
+            mounts.push(Mount {
+                src: certs.clone(),
+                dst: SESSION_DIR.into(),
+                writable: false,
+            });
+        }
+        for p in &step.cache_paths {
+            mounts.push(Mount {
+                src: ctx.cache.cache_path(&ctx.platform.to_string(), name, p)?,
+                dst: p.clone(),
+                writable: true,
+            });
+        }
+        let spec = Spec {
+            root: root.clone(),
+            host,
+            build_dir: build.clone(),
+            mounts,
+            network: !matches!(step.network.unwrap_or(Network::None), Network::None),
+            env: env.clone(),
+        };
+        if !step.sources.is_empty() {
+            emit(Event::Phase(format!("step {n}: sources")));
+        }
+        for src in &step.sources {
+            let cached = sources::fetch(src, ctx.sources)?;
+            let dest = fsops::inside(&build, &src.destination).ok_or_else(|| {
+                StageError::Config(format!(
+                    "stage {name}: source destination `{}` leaves /tmp/build",
+                    src.destination
+                ))
+            })?;
+            if let Some(parent) = dest.parent() {
+                fsops::ensure_dir(parent)?;
+            }
+            fs::copy(&cached, &dest).map_err(|e| FsError {
+                path: dest.clone(),
+                source: e,
+            })?;
+        }
+        for (phase, items) in [
+            ("prepare", &step.prepare),
+            ("build", &step.build),
+            ("install", &step.install),
+        ] {
+            run_items(&pkg.shell, &spec, n, phase, items, &logs, emit)?;
+        }
+        if !step.test.is_empty() {
+            tests.push((n, spec, &step.test));
+        }
+    }
+
+    emit(Event::Phase("finalize".into()));
+    finalize(job, &root, host, &pending.out(), tests.is_empty())?;
+    fsops::normalize_tree(&pending.out(), ctx.epoch)?;
+
+    for (n, spec, items) in &tests {
+        run_items(&pkg.shell, spec, *n, "test", items, &logs, emit)?;
+    }
+
+    let meta = Meta {
+        stage: name.to_string(),
+        platform: ctx.platform.to_string(),
+        key: job.key.clone(),
+        fingerprint: job.fingerprint.clone(),
+        output_digest: String::new(),
+        size: 0,
+        created: now(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        session: job.session.clone(),
+    };
+    Ok(ctx.cache.commit(pending, meta)?)
+}
+
+/// Copies each `finalize` entry from the stage's filesystem into `out`.
+/// Moves instead of copying when nothing reads the source afterwards.
+fn finalize(
+    job: &Job,
+    root: &Path,
+    host: bool,
+    out: &Path,
+    may_move: bool,
+) -> Result<(), StageError> {
+    let pkg = &job.package.pkg;
+    let name = pkg.name.value.as_str();
+    for (i, f) in pkg.finalize.iter().enumerate() {
+        let src = fsops::inside(root, &f.from).ok_or_else(|| {
+            StageError::Config(format!(
+                "stage {name}: finalize from `{}` contains `..`",
+                f.from
+            ))
+        })?;
+        let first = f
+            .from
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("");
+        if host && (first.is_empty() || HOST_DIRS.contains(&first)) {
+            return Err(StageError::Config(format!(
+                "stage {name}: finalize from `{}` would copy the host's system directories; finalize a directory the steps wrote (such as /rootfs)",
+                f.from
+            )));
+        }
+        if fs::symlink_metadata(&src).is_err() {
+            return Err(StageError::Config(format!(
+                "stage {name}: finalize[{i}]: `{}` does not exist after the steps ran",
+                f.from
+            )));
+        }
+        let later_reads = pkg.finalize[i + 1..]
+            .iter()
+            .any(|g| overlaps(&g.from, &f.from));
+        let dst = fsops::inside(out, &f.to).ok_or_else(|| {
+            StageError::Config(format!(
+                "stage {name}: finalize to `{}` contains `..`",
+                f.to
+            ))
+        })?;
+        let dst_empty = fs::read_dir(&dst)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true);
+        if may_move && !later_reads && src.is_dir() && dst_empty && f.from != "/" {
+            if let Some(parent) = dst.parent() {
+                fsops::ensure_dir(parent)?;
+            }
+            let _ = fs::remove_dir(&dst);
+            if fs::rename(&src, &dst).is_ok() {
+                continue;
+            }
+        }
+        fsops::copy_into(root, &f.from, out, &f.to)?;
+    }
+    Ok(())
+}
+
+fn overlaps(a: &str, b: &str) -> bool {
+    let a = a.trim_end_matches('/');
+    let b = b.trim_end_matches('/');
+    a.is_empty()
+        || b.is_empty()
+        || a == b
+        || a.starts_with(&format!("{b}/"))
+        || b.starts_with(&format!("{a}/"))
+}
+
+fn run_items(
+    shell: &str,
+    spec: &Spec,
+    step: usize,
+    phase: &str,
+    items: &[String],
+    logs: &Path,
+    emit: &mut dyn FnMut(Event),
+) -> Result<(), StageError> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let log_path = logs.join(format!("{step}-{phase}.log"));
+    let mut log = fs::File::create(&log_path).map_err(|e| FsError {
+        path: log_path.clone(),
+        source: e,
+    })?;
+    for (j, item) in items.iter().enumerate() {
+        let what = format!("step {step} {phase}[{j}]");
+        emit(Event::Phase(what.clone()));
+        let _ = writeln!(log, "# {what}\n{}", indent(item));
+        let mut last: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES);
+        let argv = vec![
+            shell.to_string(),
+            "-c".to_string(),
+            format!("set -eou pipefail\n{item}"),
+        ];
+        let outcome = sandbox::run(spec, &argv, &mut |line| {
+            let _ = writeln!(log, "{line}");
+            if last.len() == TAIL_LINES {
+                last.pop_front();
+            }
+            last.push_back(line.to_string());
+            emit(Event::Line(line.to_string()));
+        })?;
+        match outcome {
+            Outcome::Success => {}
+            Outcome::ReadStdin { command } => {
+                let _ = writeln!(log, "# stopped: `{command}` read from stdin");
+                return Err(StageError::ReadStdin {
+                    what,
+                    command,
+                    log: log_path,
+                });
+            }
+            Outcome::Failed { code } => {
+                let mut tail: Vec<String> = last.into_iter().collect();
+                if tail
+                    .iter()
+                    .any(|l| l.contains("Illegal option -o pipefail"))
+                {
+                    tail.push(format!(
+                        "(hint: {shell} does not support `set -o pipefail`; set `shell: /bin/bash` in pkg.yaml)"
+                    ));
+                }
+                return Err(StageError::Step {
+                    what,
+                    script: item.clone(),
+                    code,
+                    log: log_path,
+                    tail,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn value_string(v: &gotmpl::Value) -> String {
+    match v {
+        gotmpl::Value::String(s) => s.to_string(),
+        other => format!("{other:?}"),
+    }
+}

@@ -1,0 +1,8 @@
+//! Signing: the session key that a kernel and its modules share.
+//!
+//! Comes after execution in the pipeline: a build is handed the session's
+//! public certificate (`exec::SessionCert`); the private key stays here.
+
+pub mod session;
+
+pub use session::Session;
