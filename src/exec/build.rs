@@ -96,11 +96,10 @@ pub enum BuildError {
     Cache(#[from] CacheError),
     #[error(transparent)]
     Fs(#[from] FsError),
-    #[error("stage {stage}: {source}")]
+    #[error("stage {stage}: {error}")]
     Stage {
         stage: String,
-        #[source]
-        source: Box<StageError>,
+        error: Box<StageError>,
     },
     #[error("stage {stage}: {message}")]
     Input { stage: String, message: String },
@@ -468,7 +467,7 @@ fn schedule(
     if let Some((stage, e)) = failures.pop() {
         return Err(BuildError::Stage {
             stage,
-            source: Box::new(e),
+            error: Box::new(e),
         });
     }
     done.into_iter()

@@ -301,8 +301,7 @@ fn stdin_reader(ino: u64) -> Option<String> {
         if link.as_os_str() != want.as_str() {
             continue;
         }
-        let wchan = fs::read_to_string(proc_dir.join("wchan")).unwrap_or_default();
-        if wchan.contains("pipe_read") || reads_fd0(&proc_dir) {
+        if reads_fd0(&proc_dir) {
             let cmd = fs::read(proc_dir.join("cmdline")).unwrap_or_default();
             let cmd: Vec<String> = cmd
                 .split(|b| *b == 0)
@@ -315,14 +314,18 @@ fn stdin_reader(ino: u64) -> Option<String> {
     None
 }
 
-/// Whether the process sits in `read(0, …)` (per /proc/PID/syscall).
+/// Whether the process sits in `read`, `readv` or `pread` on fd 0 (per
+/// /proc/PID/syscall: the syscall number, then the first argument). Only
+/// fd 0 counts: a process blocked on another pipe (tar reading from xz) is
+/// not reading stdin.
 fn reads_fd0(proc_dir: &Path) -> bool {
-    let read_nr = if cfg!(target_arch = "x86_64") {
-        "0"
+    // x86_64: read 0, pread64 17, readv 19; aarch64: read 63, readv 65, pread64 67.
+    let reads: &[&str] = if cfg!(target_arch = "x86_64") {
+        &["0", "17", "19"]
     } else {
-        "63"
+        &["63", "65", "67"]
     };
     let s = fs::read_to_string(proc_dir.join("syscall")).unwrap_or_default();
     let mut it = s.split_whitespace();
-    it.next() == Some(read_nr) && it.next() == Some("0x0")
+    it.next().is_some_and(|nr| reads.contains(&nr)) && it.next() == Some("0x0")
 }
