@@ -593,3 +593,95 @@ fn a_host_stage_cannot_merge_into_the_hosts_directories() {
     let e = failed(&build(d.path(), &["h"]));
     assert!(e.contains("/usr is the host's and read-only"), "{e}");
 }
+
+fn run(cmd: &str, dir: &Path) {
+    let o = Command::new("bash")
+        .args(["-c", cmd])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// An OCI layout made by umoci: a busybox layer, then a layer that deletes
+/// a file and replaces a directory (whiteouts).
+fn busybox_layout(dir: &Path) {
+    run(
+        "umoci init --layout img && umoci new --image img:v1 && umoci unpack --image img:v1 b1 \
+         && install -D -m 0755 /bin/busybox b1/rootfs/bin/busybox && ln -s busybox b1/rootfs/bin/sh \
+         && mkdir -p b1/rootfs/etc b1/rootfs/data && echo keep > b1/rootfs/etc/keep \
+         && echo gone > b1/rootfs/etc/gone && touch b1/rootfs/data/old1 b1/rootfs/data/old2 \
+         && umoci repack --image img:v1 b1 \
+         && umoci unpack --image img:v1 b2 && rm b2/rootfs/etc/gone \
+         && rm -rf b2/rootfs/data && mkdir b2/rootfs/data && touch b2/rootfs/data/new \
+         && umoci repack --image img:v1 b2",
+        dir,
+    );
+}
+
+#[test]
+fn a_scratch_stage_runs_on_an_image_from_an_oci_layout_with_whiteouts_applied() {
+    let d = project(&[(
+        "i/pkg.yaml",
+        r#"name: i
+variant: scratch
+shell: /bin/sh
+dependencies:
+  - image: oci:../img:v1
+steps:
+  - install:
+      - mkdir -p /o && ls /etc > /o/etc && ls /data > /o/data && echo "$PKG_NAME" > /o/name
+finalize:
+  - from: /o
+    to: /
+"#,
+    )]);
+    busybox_layout(d.path());
+    ok(&build(d.path(), &["i"]));
+    assert_eq!(read(d.path(), "_out/i/etc"), "keep\n");
+    assert_eq!(read(d.path(), "_out/i/data"), "new\n");
+    assert_eq!(read(d.path(), "_out/i/name"), "i\n");
+    // Cached by the manifest's digest: a second build is a hit.
+    let e = ok(&build(d.path(), &["-v", "i"]));
+    assert!(e.contains("i: cached"), "{e}");
+}
+
+#[test]
+fn a_registry_image_dependency_is_refused_with_a_hint() {
+    let d = project(&[(
+        "r/pkg.yaml",
+        "name: r\nvariant: scratch\ndependencies:\n  - image: ghcr.io/siderolabs/tools:v1\nfinalize:\n  - from: /\n    to: /\n",
+    )]);
+    let e = failed(&build(d.path(), &["r"]));
+    assert!(
+        e.contains("skopeo copy docker://ghcr.io/siderolabs/tools:v1 oci:"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_damaged_image_layer_is_refused() {
+    let d = project(&[(
+        "i/pkg.yaml",
+        "name: i\nvariant: scratch\ndependencies:\n  - image: oci:../img:v1\nfinalize:\n  - from: /etc\n    to: /\n",
+    )]);
+    busybox_layout(d.path());
+    // Flip bytes in the largest blob (the busybox layer).
+    let blobs = d.path().join("img/blobs/sha256");
+    let biggest = fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = fs::read(&biggest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&biggest, bytes).unwrap();
+    let e = failed(&build(d.path(), &["i"]));
+    assert!(e.contains("blob sha256:"), "{e}");
+    assert!(!d.path().join("_out/i").exists());
+}

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use super::cache::{Cache, CacheError, Entry};
 use super::fsops::{self, FsError};
+use super::image;
 use super::key::Fingerprint;
 use super::pkgdir::PkgDir;
 use super::sources::SourceOptions;
@@ -118,13 +119,19 @@ pub struct Summary {
     pub session: Option<String>,
 }
 
+/// Where an input comes from.
+enum Origin {
+    Stage(usize),
+    Image(image::Resolved, Option<PathBuf>),
+}
+
 struct Planned<'d> {
     package: &'d Package,
     key: String,
     fingerprint: Fingerprint,
     pkgdir: PkgDir,
     deps: Vec<usize>,
-    inputs: Vec<(Input, usize)>,
+    inputs: Vec<(Input, Origin)>,
     in_session: bool,
     hit: Option<Entry>,
     run: bool,
@@ -184,13 +191,19 @@ pub fn build(
         let mut in_session = package.rendered.contains("/signing/");
         for input in graph.inputs(package) {
             let Some(dep) = input.what.strip_prefix("stage:") else {
-                return Err(BuildError::Input {
-                    stage: name.clone(),
-                    message: format!(
-                        "{}: image dependencies are not supported by this version yet",
-                        input.what
-                    ),
-                });
+                let reference = input.what.trim_start_matches("image:");
+                let resolved = image::resolve(reference, &root.dir, &platform).map_err(|e| {
+                    BuildError::Input {
+                        stage: name.clone(),
+                        message: e.to_string(),
+                    }
+                })?;
+                fp.add(
+                    format!("dependency {reference} ({} → {})", input.from, input.to),
+                    &resolved.digest,
+                );
+                inputs.push((input, Origin::Image(resolved, None)));
+                continue;
             };
             let &i = index.get(dep).ok_or_else(|| BuildError::Input {
                 stage: name.clone(),
@@ -204,7 +217,7 @@ pub fn build(
             if !deps.contains(&i) {
                 deps.push(i);
             }
-            inputs.push((input, i));
+            inputs.push((input, Origin::Stage(i)));
         }
         let key = fp.key();
         let hit = cache.lookup(&key);
@@ -293,6 +306,22 @@ pub fn build(
             cached: !p.run,
             reasons,
         });
+    }
+
+    // Image inputs of the stages that run, unpacked once each.
+    for p in planned.iter_mut().filter(|p| p.run) {
+        let stage = p.package.pkg.name.value.clone();
+        for (_, origin) in p.inputs.iter_mut() {
+            if let Origin::Image(img, path) = origin {
+                let rootfs = cache
+                    .image_rootfs(&img.digest, |dir| image::unpack(img, dir))?
+                    .map_err(|e| BuildError::Input {
+                        stage: stage.clone(),
+                        message: e.to_string(),
+                    })?;
+                *path = Some(rootfs);
+            }
+        }
     }
 
     let certs_dir = match &session {
@@ -395,8 +424,13 @@ fn schedule(
                         inputs: p
                             .inputs
                             .iter()
-                            .map(|(input, d)| {
-                                let out = done[*d].as_ref().map(Entry::out).unwrap_or_default();
+                            .map(|(input, origin)| {
+                                let out = match origin {
+                                    Origin::Stage(d) => {
+                                        done[*d].as_ref().map(Entry::out).unwrap_or_default()
+                                    }
+                                    Origin::Image(_, path) => path.clone().unwrap_or_default(),
+                                };
                                 (input.clone(), out)
                             })
                             .collect(),

@@ -8,6 +8,7 @@
 //! stages/<key>/out/         the stage's finalized filesystem
 //! downloads/sha256/<hex>    verified sources (see sources.rs)
 //! paths/<stage>/<digest>/   persistent cachePaths mounts
+//! images/<hex>/rootfs/      unpacked image dependencies
 //! last/<platform>/<stage>.json   fingerprint of the last build of a stage
 //! tmp/, work/               in-progress entries and stage roots
 //! ```
@@ -119,7 +120,7 @@ impl Cache {
             fsops::remove_tree(&p)?;
             fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
-        for d in ["stages", "paths", "last", "downloads"] {
+        for d in ["stages", "paths", "last", "downloads", "images"] {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
@@ -187,6 +188,30 @@ impl Cache {
         let p = self.root.join("paths").join(stage).join(&digest[..16]);
         fs::create_dir_all(&p).map_err(io_err(&p))?;
         Ok(p)
+    }
+
+    /// The unpacked root filesystem of an image, unpacking it with
+    /// `unpack(dir)` into `tmp/` and renaming it into place when missing.
+    pub fn image_rootfs<E>(
+        &self,
+        digest: &str,
+        unpack: impl FnOnce(&Path) -> Result<(), E>,
+    ) -> Result<Result<PathBuf, E>, CacheError> {
+        let hex = digest.rsplit(':').next().unwrap_or(digest);
+        let dir = self.root.join("images").join(hex);
+        let rootfs = dir.join("rootfs");
+        if rootfs.is_dir() {
+            return Ok(Ok(rootfs));
+        }
+        let tmp = self.root.join("tmp").join(format!("image-{}", unique()));
+        fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        if let Err(e) = unpack(&tmp.join("rootfs")) {
+            fsops::remove_tree(&tmp)?;
+            return Ok(Err(e));
+        }
+        fsops::remove_tree(&dir)?;
+        fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
+        Ok(Ok(rootfs))
     }
 
     fn stage_dir(&self, key: &str) -> PathBuf {
@@ -287,7 +312,15 @@ impl Cache {
 
     /// Removes everything but the lock.
     pub fn clear(&self) -> Result<(), CacheError> {
-        for d in ["stages", "paths", "last", "downloads", "tmp", "work"] {
+        for d in [
+            "stages",
+            "paths",
+            "last",
+            "downloads",
+            "images",
+            "tmp",
+            "work",
+        ] {
             fsops::remove_tree(&self.root.join(d))?;
         }
         Ok(())

@@ -13,6 +13,7 @@
 pub mod build;
 pub mod cache;
 pub mod fsops;
+pub mod image;
 pub mod key;
 pub mod pkgdir;
 pub mod sandbox;
