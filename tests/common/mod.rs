@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use tempfile::TempDir;
 
 /// Writes `(relative path, contents)` pairs into a fresh directory.
+#[allow(dead_code)] // not every test binary uses it
 pub fn tree<C: AsRef<[u8]>>(files: &[(&str, C)]) -> TempDir {
     let dir = tempfile::tempdir().unwrap();
     for (path, content) in files {
