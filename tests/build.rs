@@ -685,3 +685,51 @@ fn a_damaged_image_layer_is_refused() {
     assert!(e.contains("blob sha256:"), "{e}");
     assert!(!d.path().join("_out/i").exists());
 }
+
+#[test]
+fn an_unprivileged_user_builds_rootless_through_a_user_namespace() {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(
+        running_as_root(),
+        "this test switches to the user nobody and needs to start as root"
+    );
+    let d = project(&[
+        ("a/pkg.yaml", PRODUCER),
+        ("a/data.txt", "data\n"),
+        ("b/pkg.yaml", CONSUMER),
+    ]);
+    let bin = d.path().join("composer");
+    fs::copy(env!("CARGO_BIN_EXE_composer"), &bin).unwrap();
+    run("chmod -R a+rwX .", d.path());
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--", "env"])
+        .arg(format!("HOME={}", d.path().display()))
+        .args([
+            "./composer",
+            "--root",
+            "p",
+            "build",
+            "--cache-dir",
+            "cache",
+            "b",
+        ])
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    ok(&out);
+    assert_eq!(
+        read(d.path(), "_out/b/got"),
+        "hello bar a x86_64 x86_64-talos-linux-musl\n"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let owner = fs::metadata(d.path().join("_out/b/got")).unwrap().uid();
+    assert_ne!(owner, 0, "written by the unprivileged user");
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
