@@ -5,8 +5,9 @@
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -17,6 +18,7 @@ use super::{CliError, CliResult, Global, RenderOpts, load_checked};
 use crate::exec::{self, Progress, SessionCert};
 use crate::graph::Graph;
 use crate::sign::Session;
+use crate::sign::tree::sign_tree;
 
 #[derive(Args, Debug)]
 pub struct BuildArgs {
@@ -75,27 +77,41 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
         mirrors: args.mirrors.clone(),
         epoch,
     };
-    let mut session: Option<Session> = None;
+    // Made when a session stage has to run; signing reads it from the
+    // worker threads. Dropped (key zeroized) when this function returns.
+    let session: OnceLock<Session> = OnceLock::new();
     let mut start_session = || -> Result<SessionCert, String> {
         let s = Session::start().map_err(|e| e.to_string())?;
         let cert = SessionCert {
             id: s.id(),
             cert_pem: s.cert_pem().as_bytes().to_vec(),
         };
-        session = Some(s);
+        session
+            .set(s)
+            .map_err(|_| "a build has one signing session".to_string())?;
         Ok(cert)
     };
+    let sign = |root: &Path| -> Result<usize, String> {
+        let s = session
+            .get()
+            .ok_or("no signing session was started for this stage")?;
+        sign_tree(root, s)
+            .map(|m| m.len())
+            .map_err(|e| e.to_string())
+    };
     let mut view = View::new(global.verbose);
-    let result = exec::build(&defs, &plan, &opts, &mut start_session, &mut |p| {
-        view.show(p)
-    });
+    let result = exec::build(
+        &defs,
+        &plan,
+        &opts,
+        &mut start_session,
+        Some(&sign),
+        &mut |p| view.show(p),
+    );
     view.clear();
     let summary = result
         .with_context(|| format!("building {}", args.targets.join(" ")))
         .map_err(CliError::User)?;
-    if let Some(s) = &session {
-        debug_assert!(s.has_key());
-    }
     eprintln!(
         "built {} stage(s), {} cached, in {}",
         summary.built.len(),

@@ -10,6 +10,7 @@ mod graph;
 mod pending;
 mod render;
 mod validate;
+mod verify;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -115,6 +116,11 @@ pub enum Command {
         after_help = "Examples:\n  composer build kernel hello-module\n  composer build kernel --build-arg LINUX_SOURCE_SHA256=... --build-arg LINUX_SOURCE_SHA512=...\n  composer build -v hello-module            # explain every cache miss\n  composer build --offline --source-mirror /srv/sources hailort-pkg\n\nLogs: _out/logs/<stage>/<step>-<phase>.log. Needs bubblewrap (apt-get install bubblewrap)."
     )]
     Build(build::BuildArgs),
+    /// Check that every kernel module is signed by a trusted key (cryptographically).
+    #[command(
+        after_help = "Examples:\n  composer verify _out/hello-module --cert kernel-build/src/certs/signing_key.x509\n  composer verify /lib/modules/$(uname -r) --cert cert.pem -q\n\nExit 1 when any module is unsigned, signed by another key, or changed after signing."
+    )]
+    Verify(verify::VerifyArgs),
     /// Inspect, prune or verify the build cache.
     #[command(
         after_help = "Examples:\n  composer cache ls\n  composer cache prune --older-than 7\n  composer cache verify --repair"
@@ -134,6 +140,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Eval(a) => eval::run(g, a),
         Command::Build(a) => build::run(g, a),
         Command::Cache(a) => cache::run(g, a),
+        Command::Verify(a) => verify::run(g, a),
         Command::ImageInstaller(a) => pending::run("image-installer", a),
     }
 }

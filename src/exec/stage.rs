@@ -3,7 +3,8 @@
 //!
 //! Order, as bldr has it: inputs merged (each dependency's `from` copied to
 //! its `to`, in merge order) → `/pkg` → per step: sources (verified), then
-//! `prepare`, `build`, `install` items → `finalize` into the entry → `test`
+//! `prepare`, `build`, `install` items → (session stages: every `.ko`
+//! signed with the session key) → `finalize` into the entry → `test`
 //! items. Tests run after finalize on the stage's own root, which is thrown
 //! away afterwards: their changes never reach the output, and their failure
 //! discards the entry.
@@ -101,7 +102,13 @@ pub struct Context<'a> {
     pub logs: PathBuf,
     /// The signing session's certificate directory, for session stages.
     pub session_certs: Option<PathBuf>,
+    /// Signs every module under a directory with the session key; run on
+    /// a session stage's filesystem after `install`, before `finalize`.
+    pub sign: Option<&'a Signer<'a>>,
 }
+
+/// Signs the modules under a directory; returns how many it signed.
+pub type Signer<'a> = dyn Fn(&Path) -> Result<usize, String> + Sync + 'a;
 
 /// A stage ready to run: everything resolved.
 pub struct Job {
@@ -258,6 +265,17 @@ fn run_in(
         if !step.test.is_empty() {
             tests.push((n, spec, &step.test));
         }
+    }
+
+    if job.session.is_some()
+        && let Some(sign) = ctx.sign
+    {
+        emit(Event::Phase("signing modules".into()));
+        let n =
+            sign(&root).map_err(|e| StageError::Config(format!("stage {name}: signing: {e}")))?;
+        emit(Event::Line(format!(
+            "signed {n} module(s) with the session key"
+        )));
     }
 
     emit(Event::Phase("finalize".into()));

@@ -3,15 +3,23 @@
 //! in the session embeds as its only module-signing key.
 //!
 //! Invariants: the private key exists only in this process's memory (its
-//! PKCS#8 form is zeroized when the session is dropped) and is never written
-//! anywhere; only the certificate leaves this module. The session id is the
-//! sha256 of the certificate's DER, so it names exactly one key.
+//! PKCS#8 form is zeroized when the session is dropped; `ring`'s working
+//! copy made for each signature is dropped right after it) and is never
+//! written anywhere; only the certificate and signatures leave this module.
+//! The session id is the sha256 of the certificate's DER, so it names
+//! exactly one key.
 
+use der::Decode;
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
     PKCS_ECDSA_P384_SHA384,
 };
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair};
 use sha2::{Digest, Sha256};
+use x509_cert::Certificate;
+
+use super::kmod::{self, Algorithm, SigError};
 use zeroize::Zeroizing;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +32,7 @@ pub struct Session {
     key_der: Zeroizing<Vec<u8>>,
     cert_der: Vec<u8>,
     cert_pem: String,
+    cert: Certificate,
 }
 
 impl Session {
@@ -40,10 +49,12 @@ impl Session {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = false;
         let cert = params.self_signed(&key).map_err(err)?;
+        let parsed = Certificate::from_der(cert.der()).map_err(|e| SessionError(e.to_string()))?;
         Ok(Session {
             key_der: Zeroizing::new(key.serialize_der()),
             cert_der: cert.der().to_vec(),
             cert_pem: cert.pem(),
+            cert: parsed,
         })
     }
 
@@ -61,9 +72,25 @@ impl Session {
         hex::encode(Sha256::digest(&self.cert_der))
     }
 
-    /// Whether the session holds a private key (always, until signing
-    /// lands: kept so the key's lifetime is the session's).
-    pub fn has_key(&self) -> bool {
-        !self.key_der.is_empty()
+    pub fn certificate(&self) -> &Certificate {
+        &self.cert
+    }
+
+    /// A module's bytes with any old signature replaced by the session's.
+    pub fn sign_module(&self, module: &[u8]) -> Result<Vec<u8>, SigError> {
+        let content = kmod::unsigned_content(module)?;
+        let rng = SystemRandom::new();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, &self.key_der, &rng)
+            .map_err(|e| SigError::Cms(format!("session key: {e}")))?;
+        let signature = pair
+            .sign(&rng, content)
+            .map_err(|_| SigError::Cms("signing failed".into()))?;
+        drop(pair);
+        let block =
+            kmod::signature_block(&self.cert, Algorithm::EcdsaP384Sha384, signature.as_ref())?;
+        let mut out = Vec::with_capacity(content.len() + block.len());
+        out.extend_from_slice(content);
+        out.extend_from_slice(&block);
+        Ok(out)
     }
 }

@@ -1,0 +1,167 @@
+//! Module signatures made by composer's session key: checked by composer
+//! and by OpenSSL's CMS implementation; damaged, unsigned and foreign
+//! signatures refused with a reason.
+
+mod common;
+
+use std::fs;
+use std::process::Command;
+
+use composer::sign::Session;
+use composer::sign::kmod::{self, MAGIC, SigError};
+use composer::sign::verify::{Trusted, verify};
+
+fn module_bytes() -> Vec<u8> {
+    let mut v = b"\x7fELF".to_vec();
+    v.extend((0..50_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    v
+}
+
+fn trusted(s: &Session) -> Vec<Trusted> {
+    vec![Trusted::new(s.certificate().clone())]
+}
+
+#[test]
+fn a_session_signature_verifies_and_has_the_kernel_layout() {
+    let s = Session::start().unwrap();
+    let m = module_bytes();
+    let signed = s.sign_module(&m).unwrap();
+    assert!(signed.starts_with(&m));
+    assert!(signed.ends_with(MAGIC));
+    let split = kmod::split(&signed).unwrap();
+    assert_eq!(split.content, &m[..]);
+    let trailer = &signed[signed.len() - MAGIC.len() - 12..signed.len() - MAGIC.len()];
+    assert_eq!(&trailer[..8], &[0, 0, 2, 0, 0, 0, 0, 0]);
+    let sig_len = u32::from_be_bytes(trailer[8..].try_into().unwrap()) as usize;
+    assert_eq!(sig_len, split.cms.unwrap().len());
+    let v = verify(&signed, &trusted(&s)).unwrap();
+    assert_eq!((v.algorithm, v.hash), ("ecdsa-p384", "sha384"));
+    // Re-signing replaces the old signature instead of stacking one more.
+    let again = s.sign_module(&signed).unwrap();
+    assert_eq!(kmod::split(&again).unwrap().content, &m[..]);
+}
+
+#[test]
+fn openssl_cms_verifies_a_session_signature() {
+    let s = Session::start().unwrap();
+    let m = module_bytes();
+    let signed = s.sign_module(&m).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let cms = kmod::split(&signed).unwrap().cms.unwrap().to_vec();
+    fs::write(d.path().join("content"), &m).unwrap();
+    fs::write(d.path().join("sig.der"), &cms).unwrap();
+    fs::write(d.path().join("cert.pem"), s.cert_pem()).unwrap();
+    let out = Command::new("openssl")
+        .args([
+            "cms",
+            "-verify",
+            "-binary",
+            "-inform",
+            "DER",
+            "-in",
+            "sig.der",
+            "-content",
+            "content",
+            "-certfile",
+            "cert.pem",
+            "-nointern",
+            "-noverify",
+            "-out",
+            "/dev/null",
+        ])
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And the CMS has no signed attributes and no certificates.
+    let print = Command::new("openssl")
+        .args([
+            "cms", "-cmsout", "-print", "-inform", "DER", "-in", "sig.der",
+        ])
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&print.stdout);
+    assert!(text.contains("signedAttrs:\n          <ABSENT>"), "{text}");
+    assert!(text.contains("certificates:\n      <ABSENT>"), "{text}");
+    assert!(text.contains("ecdsa-with-SHA384"), "{text}");
+}
+
+#[test]
+fn unsigned_foreign_and_tampered_modules_are_refused_with_the_reason() {
+    let s = Session::start().unwrap();
+    let other = Session::start().unwrap();
+    let m = module_bytes();
+    let t = trusted(&s);
+    assert_eq!(verify(&m, &t), Err(SigError::Unsigned));
+    let foreign = other.sign_module(&m).unwrap();
+    assert!(matches!(
+        verify(&foreign, &t),
+        Err(SigError::UnknownSigner { .. })
+    ));
+    let mut tampered = s.sign_module(&m).unwrap();
+    tampered[100] ^= 1;
+    assert_eq!(verify(&tampered, &t), Err(SigError::BadSignature));
+}
+
+#[test]
+fn damaged_trailers_are_errors_not_panics() {
+    let s = Session::start().unwrap();
+    let t = trusted(&s);
+    let signed = s.sign_module(&module_bytes()).unwrap();
+    let n = signed.len();
+    // Only the magic: truncated.
+    assert_eq!(verify(MAGIC, &t), Err(SigError::Truncated));
+    // sig_len past the start of the file.
+    let mut long = signed.clone();
+    let at = n - MAGIC.len() - 4;
+    long[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(verify(&long, &t), Err(SigError::SigLen { .. })));
+    // Wrong id_type.
+    let mut id = signed.clone();
+    id[n - MAGIC.len() - 12 + 2] = 1;
+    assert_eq!(verify(&id, &t), Err(SigError::IdType(1)));
+    // Garbage where the CMS should be.
+    let mut garbage = signed.clone();
+    let cms_len = kmod::split(&signed).unwrap().cms.unwrap().len();
+    let start = n - MAGIC.len() - 12 - cms_len;
+    for b in &mut garbage[start..start + cms_len] {
+        *b = 0x5a;
+    }
+    assert!(matches!(verify(&garbage, &t), Err(SigError::Cms(_))));
+    // Empty input.
+    assert_eq!(verify(b"", &t), Err(SigError::Unsigned));
+}
+
+#[test]
+fn composer_verify_reports_each_module_and_fails_on_any_bad_one() {
+    let s = Session::start().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let m = module_bytes();
+    fs::create_dir_all(d.path().join("mods/extra")).unwrap();
+    fs::write(d.path().join("mods/good.ko"), s.sign_module(&m).unwrap()).unwrap();
+    fs::write(d.path().join("cert.pem"), s.cert_pem()).unwrap();
+    let ok = common::composer(d.path(), &["verify", "mods", "--cert", "cert.pem"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok    mods/good.ko  (ecdsa-p384 sha384"));
+    fs::write(d.path().join("mods/extra/plain.ko"), &m).unwrap();
+    let bad = common::composer(d.path(), &["verify", "mods", "--cert", "cert.pem"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert!(
+        out.contains("FAIL  mods/extra/plain.ko: not signed"),
+        "{out}"
+    );
+    assert!(
+        String::from_utf8_lossy(&bad.stderr)
+            .contains("2 module(s) checked, 1 signed by a trusted key, 1 not")
+    );
+}
