@@ -4,7 +4,8 @@
 //!
 //! Invariants: the private key exists only in this process's memory (its
 //! PKCS#8 form is zeroized when the session is dropped; `ring`'s working
-//! copy made for each signature is dropped right after it) and is never
+//! copy made for each signature, which it does not zeroize, lives only
+//! for that signature) and is never
 //! written anywhere; only the certificate and signatures leave this module.
 //! The session id is the sha256 of the certificate's DER, so it names
 //! exactly one key.
@@ -80,12 +81,15 @@ impl Session {
     pub fn sign_module(&self, module: &[u8]) -> Result<Vec<u8>, SigError> {
         let content = kmod::unsigned_content(module)?;
         let rng = SystemRandom::new();
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, &self.key_der, &rng)
-            .map_err(|e| SigError::Cms(format!("session key: {e}")))?;
-        let signature = pair
-            .sign(&rng, content)
-            .map_err(|_| SigError::Cms("signing failed".into()))?;
-        drop(pair);
+        // ring's key pair does not zeroize itself: keep it for this one
+        // signature only.
+        let signature = {
+            let pair =
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, &self.key_der, &rng)
+                    .map_err(|e| SigError::Cms(format!("session key: {e}")))?;
+            pair.sign(&rng, content)
+                .map_err(|_| SigError::Cms("signing failed".into()))?
+        };
         let block =
             kmod::signature_block(&self.cert, Algorithm::EcdsaP384Sha384, signature.as_ref())?;
         let mut out = Vec::with_capacity(content.len() + block.len());
