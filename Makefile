@@ -9,8 +9,10 @@ LINUX_SOURCE := /usr/src/linux-source-6.1.tar.xz
 # linux-source-6.1: the demo kernel's source. build-essential ... kmod: what
 # the demo's variant-host stages compile the kernel with. bubblewrap: the
 # sandbox. ccache: the kernel build's compiler cache. hyperfine: benchmarks.
+# Tests: umoci (OCI layouts), openssl (CMS cross-check), qemu-system-x86 and
+# busybox-static (the boot test).
 APT_PACKAGES := linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev kmod \
-                ccache bubblewrap hyperfine
+                ccache bubblewrap hyperfine umoci openssl qemu-system-x86 busybox-static
 
 # The demo kernel's source checksums come from the installed Debian package,
 # which changes when Debian updates it: computed here, never hard-coded.

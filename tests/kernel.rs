@@ -1,9 +1,11 @@
 //! The bundled demo tree builds a real kernel and the fixture module with
 //! `composer build`: Debian's linux-source-6.1, the host's toolchain, in
-//! sandboxes. Needs what `make setup` installs (linux-source-6.1,
-//! build-essential, flex, bison, bc, libelf-dev, libssl-dev, kmod,
-//! bubblewrap). The cache lives in target/ so later runs are warm; the
-//! first run compiles the kernel (minutes).
+//! sandboxes, one signing session. The kernel then boots under QEMU (TCG)
+//! with `module.sig_enforce=1` and proves the session-signed module loads
+//! while unsigned, foreign-key and tampered copies are refused. Needs what
+//! `make setup` installs. The cache lives in target/ so later runs are
+//! warm; the first run compiles the kernel (minutes). One test function:
+//! the steps share one expensive build.
 
 mod common;
 
@@ -116,6 +118,48 @@ fn demo_tree_builds_kernel_and_module_then_caches_and_rebuilds_only_the_session(
         64
     );
 
+    // Every module of the session is signed by the key the kernel trusts.
+    let cert = o.join("kernel/boot/signing_key.x509");
+    let v = common::composer(
+        p.path(),
+        &[
+            "verify",
+            "_out/kernel",
+            "_out/hello-module",
+            "--cert",
+            cert.to_str().unwrap(),
+        ],
+    );
+    let verdict = String::from_utf8_lossy(&v.stderr);
+    assert!(
+        v.status.success(),
+        "{verdict}\n{}",
+        String::from_utf8_lossy(&v.stdout)
+    );
+    assert!(verdict.contains("0 not"), "{verdict}");
+
+    // The kernel agrees: boot it and load each variant of the module.
+    let console = boot_with_module_variants(&o.join("kernel/boot/vmlinuz"), &ko);
+    for (variant, expected) in [
+        ("unsigned", "refused"),
+        ("foreign", "refused"),
+        ("tampered", "refused"),
+        ("good", "loaded"),
+    ] {
+        let line = console
+            .lines()
+            .find(|l| l.starts_with(&format!("RESULT {variant} ")))
+            .unwrap_or_else(|| panic!("no result for {variant}:\n{console}"));
+        assert!(line.contains(expected), "{line}\n{console}");
+        if expected == "refused" {
+            assert!(line.contains("Key was rejected by service"), "{line}");
+        }
+    }
+    assert!(
+        console.contains("hello_pcie "),
+        "listed in /proc/modules:\n{console}"
+    );
+
     // Nothing changed: everything is cached.
     let (_, e) = build(p.path(), &["-v", "kernel", "hello-module"]);
     assert!(e.contains("built 0 stage(s), 4 cached"), "{e}");
@@ -137,4 +181,75 @@ fn demo_tree_builds_kernel_and_module_then_caches_and_rebuilds_only_the_session(
     );
     assert!(e.contains("built 3 stage(s), 1 cached"), "{e}");
     assert_eq!(release(&o), rel);
+}
+
+/// Boots `vmlinuz` under QEMU with an initramfs holding busybox and four
+/// copies of the module (unsigned, signed by another key, tampered, good);
+/// returns the serial console.
+fn boot_with_module_variants(vmlinuz: &Path, ko: &Path) -> String {
+    use composer::sign::{Session, kmod};
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("initramfs");
+    for dir in ["bin", "m", "proc", "tmp", "dev"] {
+        fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let good = fs::read(ko).unwrap();
+    let content = kmod::unsigned_content(&good).unwrap().to_vec();
+    let foreign = Session::start().unwrap().sign_module(&content).unwrap();
+    let mut tampered = good.clone();
+    let mid = content.len() / 2;
+    tampered[mid] ^= 0x01;
+    for (name, bytes) in [
+        ("good", &good),
+        ("unsigned", &content),
+        ("foreign", &foreign),
+        ("tampered", &tampered),
+    ] {
+        fs::write(root.join(format!("m/{name}.ko")), bytes).unwrap();
+    }
+    let init = "#!/bin/busybox sh\n\
+        /bin/busybox mount -t proc proc /proc\n\
+        for m in unsigned foreign tampered good; do\n\
+          if /bin/busybox insmod /m/$m.ko 2>/tmp/err; then echo \"RESULT $m loaded\";\n\
+          else echo \"RESULT $m refused: $(/bin/busybox cat /tmp/err)\"; fi\n\
+        done\n\
+        /bin/busybox cat /proc/modules\n\
+        /bin/busybox poweroff -f\n";
+    fs::write(root.join("init"), init).unwrap();
+    let sh = |cmd: &str| {
+        let st = Command::new("bash")
+            .args(["-c", cmd])
+            .current_dir(&root)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{cmd}");
+    };
+    sh("chmod 0755 init bin/busybox && mknod -m 0600 dev/console c 5 1");
+    sh("find . | /bin/busybox cpio -o -H newc > ../initramfs.cpio 2>/dev/null");
+    let out = Command::new("timeout")
+        .args([
+            "300",
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-m",
+            "256",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(d.path().join("initramfs.cpio"))
+        .args(["-append", "console=ttyS0 module.sig_enforce=1 panic=-1"])
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "qemu: {console}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    console
 }

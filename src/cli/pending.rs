@@ -1,4 +1,4 @@
-//! Commands whose implementation has not landed yet: they parse any
+//! Commands whose implementation has not landed yet (image-installer): they parse any
 //! arguments and say so plainly, with no output pretending otherwise.
 
 use clap::Args;
