@@ -171,7 +171,13 @@ fn demo_tree_builds_kernel_and_module_then_caches_and_rebuilds_only_the_session(
         .path()
         .join("fixtures/hello-module/linux/pcie/hello_pcie.c");
     let mut text = fs::read_to_string(&c).unwrap();
-    text.push_str("\n/* touched */\n");
+    // A change never seen before, so the cache cannot hold it from an
+    // earlier run of this test.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    text.push_str(&format!("\n/* touched {nanos} */\n"));
     fs::write(&c, text).unwrap();
     let (_, e) = build(p.path(), &["-v", "kernel", "hello-module"]);
     assert!(e.contains("kernel-prepare: cached"), "{e}");

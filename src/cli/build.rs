@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use super::{CliError, CliResult, Global, RenderOpts, load_checked};
 use crate::exec::{self, Progress, SessionCert};
 use crate::graph::Graph;
 use crate::sign::Session;
-use crate::sign::tree::sign_tree;
+use crate::sign::hooks::Hooks;
 
 #[derive(Args, Debug)]
 pub struct BuildArgs {
@@ -91,21 +91,14 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
             .map_err(|_| "a build has one signing session".to_string())?;
         Ok(cert)
     };
-    let sign = |root: &Path| -> Result<usize, String> {
-        let s = session
-            .get()
-            .ok_or("no signing session was started for this stage")?;
-        sign_tree(root, s)
-            .map(|m| m.len())
-            .map_err(|e| e.to_string())
-    };
+    let hooks = Hooks { session: &session };
     let mut view = View::new(global.verbose);
     let result = exec::build(
         &defs,
         &plan,
         &opts,
         &mut start_session,
-        Some(&sign),
+        Some(&hooks),
         &mut |p| view.show(p),
     );
     view.clear();

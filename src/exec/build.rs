@@ -28,7 +28,7 @@ use super::image;
 use super::key::Fingerprint;
 use super::pkgdir::PkgDir;
 use super::sources::SourceOptions;
-use super::stage::{self, Context, Event, Job, Signer, StageError};
+use super::stage::{self, Context, Event, Job, SessionHooks, StageError};
 use crate::defs::load::{Definitions, Package};
 use crate::graph::{Graph, Input, Plan};
 
@@ -138,14 +138,14 @@ struct Planned<'d> {
 }
 
 /// Builds `plan`. `start_session` is called at most once, when a stage of
-/// the signing session has to run; `sign` signs the modules a session stage
-/// produced.
+/// the signing session has to run; `session_hooks` check and sign what a
+/// session stage produces.
 pub fn build(
     defs: &Definitions,
     plan: &Plan,
     opts: &Options,
     start_session: &mut dyn FnMut() -> Result<SessionCert, String>,
-    sign: Option<&Signer<'_>>,
+    session_hooks: Option<&dyn SessionHooks>,
     on: &mut dyn FnMut(Progress),
 ) -> Result<Summary, BuildError> {
     let cache = Cache::open(&opts.cache_dir, &mut || {
@@ -353,7 +353,7 @@ pub fn build(
         epoch: opts.epoch,
         logs,
         session_certs: certs_dir,
-        sign,
+        session_hooks,
     };
     let session_id = session.as_ref().map(|s| s.id.clone());
     let outputs = schedule(&mut planned, &ctx, opts.jobs.max(1), session_id.clone(), on)?;

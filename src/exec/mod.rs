@@ -21,3 +21,4 @@ pub mod sources;
 pub mod stage;
 
 pub use build::{BuildError, Options, Progress, SessionCert, Summary, build};
+pub use stage::SessionHooks;

@@ -102,13 +102,19 @@ pub struct Context<'a> {
     pub logs: PathBuf,
     /// The signing session's certificate directory, for session stages.
     pub session_certs: Option<PathBuf>,
-    /// Signs every module under a directory with the session key; run on
-    /// a session stage's filesystem after `install`, before `finalize`.
-    pub sign: Option<&'a Signer<'a>>,
+    /// What the signing session does to its stages' filesystems.
+    pub session_hooks: Option<&'a dyn SessionHooks>,
 }
 
-/// Signs the modules under a directory; returns how many it signed.
-pub type Signer<'a> = dyn Fn(&Path) -> Result<usize, String> + Sync + 'a;
+/// The signing session's part in running a session stage.
+pub trait SessionHooks: Sync {
+    /// After each step's `prepare` items, before anything compiles: check
+    /// a kernel configuration the stage wrote against the session key.
+    fn after_prepare(&self, root: &Path) -> Result<(), String>;
+    /// After the `install` items, before `finalize` and `test`: sign every
+    /// module; returns how many were signed.
+    fn after_install(&self, root: &Path) -> Result<usize, String>;
+}
 
 /// A stage ready to run: everything resolved.
 pub struct Job {
@@ -261,6 +267,14 @@ fn run_in(
             ("install", &step.install),
         ] {
             run_items(&pkg.shell, &spec, n, phase, items, &logs, emit)?;
+            if phase == "prepare"
+                && job.session.is_some()
+                && let Some(hooks) = ctx.session_hooks
+            {
+                hooks.after_prepare(&root).map_err(|e| {
+                    StageError::Config(format!("stage {name}: after step {n} prepare: {e}"))
+                })?;
+            }
         }
         if !step.test.is_empty() {
             tests.push((n, spec, &step.test));
@@ -268,11 +282,12 @@ fn run_in(
     }
 
     if job.session.is_some()
-        && let Some(sign) = ctx.sign
+        && let Some(hooks) = ctx.session_hooks
     {
         emit(Event::Phase("signing modules".into()));
-        let n =
-            sign(&root).map_err(|e| StageError::Config(format!("stage {name}: signing: {e}")))?;
+        let n = hooks
+            .after_install(&root)
+            .map_err(|e| StageError::Config(format!("stage {name}: signing: {e}")))?;
         emit(Event::Line(format!(
             "signed {n} module(s) with the session key"
         )));

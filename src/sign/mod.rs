@@ -3,6 +3,8 @@
 //! Comes after execution in the pipeline: a build is handed the session's
 //! public certificate (`exec::SessionCert`); the private key stays here.
 
+pub mod config;
+pub mod hooks;
 pub mod kmod;
 pub mod session;
 pub mod tree;

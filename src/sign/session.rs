@@ -73,6 +73,24 @@ impl Session {
         hex::encode(Sha256::digest(&self.cert_der))
     }
 
+    /// Byte patterns that would betray the private key if found anywhere
+    /// (its PKCS#8 DER and its raw scalar), for audits that scan build
+    /// outputs, caches and logs. Never write these anywhere.
+    #[doc(hidden)]
+    pub fn secret_patterns_for_audit(&self) -> Vec<Zeroizing<Vec<u8>>> {
+        let der = &self.key_der[..];
+        let mut out = vec![Zeroizing::new(der.to_vec())];
+        // ECPrivateKey inside PKCS#8: INTEGER 1, then OCTET STRING (48).
+        if let Some(i) = der
+            .windows(5)
+            .position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x30])
+            && der.len() >= i + 5 + 48
+        {
+            out.push(Zeroizing::new(der[i + 5..i + 5 + 48].to_vec()));
+        }
+        out
+    }
+
     pub fn certificate(&self) -> &Certificate {
         &self.cert
     }

@@ -19,6 +19,7 @@ pub fn tree<C: AsRef<[u8]>>(files: &[(&str, C)]) -> TempDir {
 }
 
 /// Runs composer in `cwd` without colour; a panic is always a failure.
+#[allow(dead_code)] // not every test binary uses it
 pub fn composer(cwd: &Path, args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_composer"))
         .args(args)

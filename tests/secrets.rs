@@ -1,0 +1,121 @@
+//! The session's private key never reaches the cache, the outputs or the
+//! logs: a build that signs modules runs in-process, then every file it
+//! wrote is scanned for the key's PKCS#8 DER, its raw scalar and PEM
+//! private-key markers.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use composer::defs::{LoadOptions, Platform, load};
+use composer::exec::{self, SessionCert};
+use composer::graph::Graph;
+use composer::sign::Session;
+use composer::sign::hooks::Hooks;
+use composer::sign::verify::{Trusted, verify};
+
+const PKG: &str = r#"name: mods
+variant: host
+shell: /bin/bash
+steps:
+  - install:
+      - |
+        install -d /rootfs/usr/lib/modules/6.1.0/extra
+        head -c 20000 /dev/urandom > /rootfs/usr/lib/modules/6.1.0/extra/a.ko
+        head -c 30000 /dev/urandom > /rootfs/usr/lib/modules/6.1.0/extra/b.ko
+        cp /signing/certs/signing_key.x509 /rootfs/session-cert.pem
+        env > /rootfs/env.txt
+    test:
+      - test -s /rootfs/usr/lib/modules/6.1.0/extra/a.ko
+finalize:
+  - from: /rootfs
+    to: /
+"#;
+
+fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect()
+}
+
+#[test]
+fn the_session_key_is_nowhere_on_disk_after_a_signing_build() {
+    let d = common::tree(&[
+        ("p/Pkgfile", "format: v1alpha2\n"),
+        ("p/mods/pkg.yaml", PKG),
+    ]);
+    let (defs, report) = load(&LoadOptions {
+        roots: vec![d.path().join("p")],
+        platform: Platform::LinuxAmd64,
+        build_args: vec![],
+    });
+    assert!(!report.has_errors());
+    let mut r = composer::diag::Report::default();
+    let plan = Graph::new(&defs, &mut r)
+        .resolve(&["mods".to_string()])
+        .unwrap();
+    let session: OnceLock<Session> = OnceLock::new();
+    let hooks = Hooks { session: &session };
+    let mut start = || -> Result<SessionCert, String> {
+        let s = Session::start().map_err(|e| e.to_string())?;
+        let cert = SessionCert {
+            id: s.id(),
+            cert_pem: s.cert_pem().as_bytes().to_vec(),
+        };
+        let _ = session.set(s);
+        Ok(cert)
+    };
+    let opts = exec::Options {
+        cache_dir: d.path().join("cache"),
+        output: d.path().join("_out"),
+        jobs: 1,
+        offline: true,
+        mirrors: vec![],
+        epoch: None,
+    };
+    let summary = exec::build(&defs, &plan, &opts, &mut start, Some(&hooks), &mut |_| {}).unwrap();
+    assert_eq!(summary.built, ["mods"]);
+    let s = session.get().expect("a session was started");
+
+    // The modules are signed by the session key.
+    let trusted = [Trusted::new(s.certificate().clone())];
+    for m in ["a.ko", "b.ko"] {
+        let bytes = fs::read(
+            d.path()
+                .join("_out/mods/usr/lib/modules/6.1.0/extra")
+                .join(m),
+        )
+        .unwrap();
+        verify(&bytes, &trusted).unwrap();
+    }
+    assert_eq!(
+        fs::read_to_string(d.path().join("_out/mods/session-cert.pem")).unwrap(),
+        s.cert_pem()
+    );
+
+    // And the key is nowhere.
+    let patterns = s.secret_patterns_for_audit();
+    assert_eq!(patterns.len(), 2, "PKCS#8 and the raw scalar");
+    let all = files(d.path());
+    assert!(all.len() > 10, "the scan sees the cache, outputs and logs");
+    for f in all {
+        let bytes = fs::read(&f).unwrap();
+        for p in &patterns {
+            assert!(
+                !bytes.windows(p.len()).any(|w| w == &p[..]),
+                "key material in {}",
+                f.display()
+            );
+        }
+        assert!(
+            !bytes.windows(11).any(|w| w == b"PRIVATE KEY"),
+            "a PEM private key in {}",
+            f.display()
+        );
+    }
+}
