@@ -66,6 +66,7 @@ fn the_session_key_is_nowhere_on_disk_after_a_signing_build() {
         let cert = SessionCert {
             id: s.id(),
             cert_pem: s.cert_pem().as_bytes().to_vec(),
+            description: "test".into(),
         };
         let _ = session.set(s);
         Ok(cert)

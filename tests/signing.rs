@@ -165,3 +165,152 @@ fn composer_verify_reports_each_module_and_fails_on_any_bad_one() {
             .contains("2 module(s) checked, 1 signed by a trusted key, 1 not")
     );
 }
+
+/// The kernel's own `scripts/sign-file`, compiled from Debian's
+/// linux-source-6.1 (what `make setup` installs) against the host OpenSSL.
+fn sign_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let tarball = "/usr/src/linux-source-6.1.tar.xz";
+    assert!(
+        std::path::Path::new(tarball).is_file(),
+        "{tarball} is missing: run `make setup`"
+    );
+    let sh = |cmd: &str| {
+        let o = Command::new("bash")
+            .args(["-c", cmd])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    sh(&format!(
+        "tar -xJf {tarball} linux-source-6.1/scripts/sign-file.c linux-source-6.1/scripts/ssl-common.h \
+         && gcc -o sign-file linux-source-6.1/scripts/sign-file.c -lcrypto 2>/dev/null"
+    ));
+    dir.join("sign-file")
+}
+
+#[test]
+fn sign_file_and_composer_make_byte_identical_rsa_signatures() {
+    let d = tempfile::tempdir().unwrap();
+    let tool = sign_file(d.path());
+    let sh = |cmd: &str| {
+        let o = Command::new("bash")
+            .args(["-c", cmd])
+            .current_dir(d.path())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    sh(
+        "openssl req -new -nodes -utf8 -sha256 -days 36500 -batch -x509 -subj /CN=kernel-key \
+        -newkey rsa:2048 -keyout key.pem -out cert.pem 2>/dev/null && cat key.pem cert.pem > signing_key.pem",
+    );
+    let m = module_bytes();
+    fs::write(d.path().join("m.ko"), &m).unwrap();
+    sh(&format!(
+        "{} sha256 signing_key.pem cert.pem m.ko",
+        tool.display()
+    ));
+    let by_sign_file = fs::read(d.path().join("m.ko")).unwrap();
+
+    let s = Session::from_pem(&d.path().join("signing_key.pem")).unwrap();
+    assert!(!s.is_ephemeral());
+    let by_composer = s.sign_module(&m).unwrap();
+    assert_eq!(
+        hex(&by_composer[m.len()..]),
+        hex(&by_sign_file[m.len()..]),
+        "the appended signature differs from sign-file's"
+    );
+    // And each verifies the other's.
+    let v = verify(&by_sign_file, &trusted(&s)).unwrap();
+    assert_eq!((v.algorithm, v.hash), ("rsa", "sha256"));
+}
+
+#[test]
+fn a_sign_file_ecdsa_signature_verifies_with_composer() {
+    let d = tempfile::tempdir().unwrap();
+    let tool = sign_file(d.path());
+    let sh = |cmd: &str| {
+        let o = Command::new("bash")
+            .args(["-c", cmd])
+            .current_dir(d.path())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    sh(
+        "openssl req -new -nodes -utf8 -sha384 -days 36500 -batch -x509 -subj /CN=kernel-key \
+        -newkey ec -pkeyopt ec_paramgen_curve:secp384r1 -keyout key.pem -out cert.pem 2>/dev/null \
+        && cat key.pem cert.pem > signing_key.pem",
+    );
+    fs::write(d.path().join("m.ko"), module_bytes()).unwrap();
+    sh(&format!(
+        "{} sha384 signing_key.pem cert.pem m.ko",
+        tool.display()
+    ));
+    let signed = fs::read(d.path().join("m.ko")).unwrap();
+    let s = Session::from_pem(&d.path().join("signing_key.pem")).unwrap();
+    let v = verify(&signed, &trusted(&s)).unwrap();
+    assert_eq!((v.algorithm, v.hash), ("ecdsa-p384", "sha384"));
+    // composer's own signature with the same key verifies too.
+    verify(&s.sign_module(&module_bytes()).unwrap(), &trusted(&s)).unwrap();
+}
+
+#[test]
+fn an_ephemeral_rsa_session_signs_deterministically() {
+    let s = Session::generate(composer::sign::session::KeyType::Rsa, 2048).unwrap();
+    assert!(s.is_ephemeral());
+    let m = module_bytes();
+    let a = s.sign_module(&m).unwrap();
+    assert_eq!(
+        a,
+        s.sign_module(&m).unwrap(),
+        "PKCS#1 v1.5 is deterministic"
+    );
+    let v = verify(&a, &trusted(&s)).unwrap();
+    assert_eq!((v.algorithm, v.hash), ("rsa", "sha256"));
+}
+
+#[test]
+fn a_mismatched_bring_your_own_key_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let sh = |cmd: &str| {
+        let o = Command::new("bash")
+            .args(["-c", cmd])
+            .current_dir(d.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{cmd}");
+    };
+    sh(
+        "openssl req -new -nodes -batch -x509 -subj /CN=a -newkey rsa:2048 -keyout a.pem -out a.crt 2>/dev/null \
+        && openssl req -new -nodes -batch -x509 -subj /CN=b -newkey rsa:2048 -keyout b.pem -out b.crt 2>/dev/null \
+        && cat a.pem b.crt > mixed.pem && openssl genrsa -traditional -out old.pem 2048 2>/dev/null && cat a.crt >> old.pem",
+    );
+    let e = Session::from_pem(&d.path().join("mixed.pem"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("not the private key's"), "{e}");
+    let e = Session::from_pem(&d.path().join("old.pem"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("openssl pkcs8 -topk8 -nocrypt"), "{e}");
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

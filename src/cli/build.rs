@@ -19,6 +19,7 @@ use crate::exec::{self, Progress, SessionCert};
 use crate::graph::Graph;
 use crate::sign::Session;
 use crate::sign::hooks::Hooks;
+use crate::sign::session::KeyType;
 
 #[derive(Args, Debug)]
 pub struct BuildArgs {
@@ -41,6 +42,15 @@ pub struct BuildArgs {
     /// (a directory, file:// or http(s):// URL). Repeatable.
     #[arg(long = "source-mirror", value_name = "MIRROR")]
     pub mirrors: Vec<String>,
+    /// Key of the signing session: an ephemeral ECDSA P-384 key (default)
+    /// or an ephemeral RSA-4096 key (for kernels before 5.15).
+    #[arg(long, value_name = "TYPE", default_value = "ecdsa-p384", value_parser = ["ecdsa-p384", "rsa-4096", "rsa-4096-sha512"])]
+    pub signing_key_type: String,
+    /// Sign with this key instead of an ephemeral one: a PEM file with a
+    /// PKCS#8 PRIVATE KEY and its CERTIFICATE (like a kernel tree's
+    /// certs/signing_key.pem). The key is then stable, not ephemeral.
+    #[arg(long, value_name = "FILE", conflicts_with = "signing_key_type")]
+    pub signing_key: Option<PathBuf>,
     #[command(flatten)]
     pub opts: RenderOpts,
 }
@@ -81,10 +91,27 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
     // worker threads. Dropped (key zeroized) when this function returns.
     let session: OnceLock<Session> = OnceLock::new();
     let mut start_session = || -> Result<SessionCert, String> {
-        let s = Session::start().map_err(|e| e.to_string())?;
+        let s = match &args.signing_key {
+            Some(path) => Session::from_pem(path),
+            None => match args.signing_key_type.as_str() {
+                "rsa-4096" => Session::generate(KeyType::Rsa, 4096),
+                "rsa-4096-sha512" => Session::generate(KeyType::RsaSha512, 4096),
+                _ => Session::generate(KeyType::EcdsaP384, 0),
+            },
+        }
+        .map_err(|e| e.to_string())?;
+        let description = match &args.signing_key {
+            Some(path) => format!(
+                "{} key from {}: NOT ephemeral, kept by you",
+                s.key_type().describe(),
+                path.display()
+            ),
+            None => format!("ephemeral {} key, in memory only", s.key_type().describe()),
+        };
         let cert = SessionCert {
             id: s.id(),
             cert_pem: s.cert_pem().as_bytes().to_vec(),
+            description,
         };
         session
             .set(s)
@@ -195,8 +222,12 @@ impl View {
                     }
                 }
             }
-            Progress::SessionStarted { id, stages } => self.say(format!(
-                "signing session {} (ephemeral key) for {}",
+            Progress::SessionStarted {
+                id,
+                description,
+                stages,
+            } => self.say(format!(
+                "signing session {} ({description}) for {}",
                 &id[..16.min(id.len())],
                 stages.join(", ")
             )),

@@ -51,6 +51,8 @@ pub struct SessionCert {
     pub id: String,
     /// The certificate, PEM.
     pub cert_pem: Vec<u8>,
+    /// What the key is, for people ("ephemeral ECDSA P-384/SHA-384 key").
+    pub description: String,
 }
 
 /// What the build reports, in order, on the calling thread.
@@ -64,6 +66,7 @@ pub enum Progress {
     },
     SessionStarted {
         id: String,
+        description: String,
         stages: Vec<String>,
     },
     SessionReused {
@@ -272,6 +275,7 @@ pub fn build(
             let cert = start_session().map_err(BuildError::Session)?;
             on(Progress::SessionStarted {
                 id: cert.id.clone(),
+                description: cert.description.clone(),
                 stages: session_stages
                     .iter()
                     .map(|&i| planned[i].package.pkg.name.value.clone())

@@ -13,22 +13,31 @@ use std::path::{Path, PathBuf};
 /// Where a session stage finds the certificate (see exec::stage).
 pub const SESSION_CERT: &str = "/signing/certs/signing_key.x509";
 
-/// The key type of a session, as the kernel's Kconfig names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyType {
-    EcdsaP384,
-}
+use super::session::KeyType;
 
-impl KeyType {
-    fn kconfig(self) -> (&'static str, &'static str, &'static str) {
-        match self {
-            // (key type option, hash, option building the hash in)
-            KeyType::EcdsaP384 => (
-                "CONFIG_MODULE_SIG_KEY_TYPE_ECDSA",
-                "sha384",
-                "CONFIG_CRYPTO_SHA512",
-            ),
-        }
+/// (key type option, hash, option building the hash in) for a key type.
+fn kconfig(key: KeyType) -> (&'static str, &'static str, &'static str) {
+    match key {
+        KeyType::EcdsaP384 => (
+            "CONFIG_MODULE_SIG_KEY_TYPE_ECDSA",
+            "sha384",
+            "CONFIG_CRYPTO_SHA512",
+        ),
+        KeyType::EcdsaP256 => (
+            "CONFIG_MODULE_SIG_KEY_TYPE_ECDSA",
+            "sha256",
+            "CONFIG_CRYPTO_SHA256",
+        ),
+        KeyType::Rsa => (
+            "CONFIG_MODULE_SIG_KEY_TYPE_RSA",
+            "sha256",
+            "CONFIG_CRYPTO_SHA256",
+        ),
+        KeyType::RsaSha512 => (
+            "CONFIG_MODULE_SIG_KEY_TYPE_RSA",
+            "sha512",
+            "CONFIG_CRYPTO_SHA512",
+        ),
     }
 }
 
@@ -69,7 +78,7 @@ fn value<'t>(text: &'t str, option: &str) -> Option<&'t str> {
 
 /// Checks one config's text.
 pub fn check_text(text: &str, key: KeyType) -> Result<(), String> {
-    let (type_opt, hash, hash_opt) = key.kconfig();
+    let (type_opt, hash, hash_opt) = kconfig(key);
     let sig_key = value(text, "CONFIG_MODULE_SIG_KEY").map(|v| v.trim_matches('"'));
     if sig_key != Some(SESSION_CERT) {
         return Err(format!(
@@ -85,9 +94,17 @@ pub fn check_text(text: &str, key: KeyType) -> Result<(), String> {
                 .into(),
         );
     }
-    if value(text, type_opt) != Some("y") {
+    // Kernels before 5.11 have no key type choice: RSA only.
+    let has_choice = text.contains("CONFIG_MODULE_SIG_KEY_TYPE_");
+    if value(text, type_opt) != Some("y") && (has_choice || !key.is_rsa()) {
+        let hint = if key.is_rsa() {
+            "build with the default ECDSA key, or set it"
+        } else {
+            "build with --signing-key-type rsa, or set it (kernels >= 5.15 support ECDSA module keys)"
+        };
         return Err(format!(
-            "the session key is ECDSA P-384 but {type_opt} is not set (the kernel would not parse the certificate)"
+            "the session key is {} but {type_opt} is not set, so the kernel could not use the certificate: {hint}",
+            key.describe()
         ));
     }
     if value(text, hash_opt) != Some("y") {

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use super::config::{self, KeyType};
+use super::config;
 use super::session::Session;
 use super::tree::sign_tree;
 use crate::exec::SessionHooks;
@@ -25,8 +25,8 @@ impl Hooks<'_> {
 
 impl SessionHooks for Hooks<'_> {
     fn after_prepare(&self, root: &Path) -> Result<(), String> {
-        self.session()?;
-        config::check(root, KeyType::EcdsaP384)
+        let s = self.session()?;
+        config::check(root, s.key_type())
     }
 
     fn after_install(&self, root: &Path) -> Result<usize, String> {
