@@ -23,8 +23,8 @@ steps:
   - install:
       - |
         install -d /rootfs/usr/lib/modules/6.1.0/extra
-        head -c 20000 /dev/urandom > /rootfs/usr/lib/modules/6.1.0/extra/a.ko
-        head -c 30000 /dev/urandom > /rootfs/usr/lib/modules/6.1.0/extra/b.ko
+        { printf '\177ELF'; head -c 20000 /dev/urandom; } > /rootfs/usr/lib/modules/6.1.0/extra/a.ko
+        { printf '\177ELF'; head -c 30000 /dev/urandom; } > /rootfs/usr/lib/modules/6.1.0/extra/b.ko
         cp /signing/certs/signing_key.x509 /rootfs/session-cert.pem
         env > /rootfs/env.txt
     test:

@@ -114,8 +114,11 @@ fn damaged_trailers_are_errors_not_panics() {
     let t = trusted(&s);
     let signed = s.sign_module(&module_bytes()).unwrap();
     let n = signed.len();
-    // Only the magic: truncated.
-    assert_eq!(verify(MAGIC, &t), Err(SigError::Truncated));
+    // An ELF header, then only the magic: truncated.
+    assert_eq!(
+        verify(&[b"\x7fELF", MAGIC].concat(), &t),
+        Err(SigError::Truncated)
+    );
     // sig_len past the start of the file.
     let mut long = signed.clone();
     let at = n - MAGIC.len() - 4;
@@ -134,7 +137,7 @@ fn damaged_trailers_are_errors_not_panics() {
     }
     assert!(matches!(verify(&garbage, &t), Err(SigError::Cms(_))));
     // Empty input.
-    assert_eq!(verify(b"", &t), Err(SigError::Unsigned));
+    assert_eq!(verify(b"", &t), Err(SigError::NotElf("the file is empty")));
 }
 
 #[test]
@@ -313,4 +316,96 @@ fn a_mismatched_bring_your_own_key_is_refused() {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn verify_gives_a_clear_error_for_each_hostile_module() {
+    let s = Session::start().unwrap();
+    let t = trusted(&s);
+    assert_eq!(verify(b"", &t), Err(SigError::NotElf("the file is empty")));
+    assert_eq!(
+        verify(b"#!/bin/sh\n", &t),
+        Err(SigError::NotElf("no ELF header"))
+    );
+
+    let d = tempfile::tempdir().unwrap();
+    let m = module_bytes();
+    let sh = |cmd: &str| {
+        let o = Command::new("bash")
+            .args(["-c", cmd])
+            .current_dir(d.path())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    // A CMS with signed attributes (OpenSSL's default), by the trusted key's
+    // twin: same shape otherwise.
+    sh(
+        "openssl req -new -nodes -batch -x509 -subj /CN=attrs -newkey ec -pkeyopt ec_paramgen_curve:secp384r1 \
+        -keyout key.pem -out cert.pem 2>/dev/null && cat key.pem cert.pem > both.pem",
+    );
+    fs::write(d.path().join("content"), &m).unwrap();
+    sh(
+        "openssl cms -sign -binary -in content -signer cert.pem -inkey key.pem -outform DER -out sig.der -nocerts -md sha384",
+    );
+    let cms = fs::read(d.path().join("sig.der")).unwrap();
+    let mut with_attrs = m.clone();
+    with_attrs.extend_from_slice(&cms);
+    with_attrs.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0]);
+    with_attrs.extend_from_slice(&(cms.len() as u32).to_be_bytes());
+    with_attrs.extend_from_slice(MAGIC);
+    let byo = Session::from_pem(&d.path().join("both.pem")).unwrap();
+    assert_eq!(
+        verify(&with_attrs, &trusted(&byo)),
+        Err(SigError::SignedAttributes)
+    );
+
+    // The signedData OID replaced by id-data.
+    let good = s.sign_module(&m).unwrap();
+    let oid = [
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02,
+    ];
+    let at = good.windows(oid.len()).position(|w| w == oid).unwrap();
+    let mut wrong = good.clone();
+    wrong[at + oid.len() - 1] = 0x01;
+    match verify(&wrong, &t) {
+        Err(SigError::Cms(msg)) => assert!(msg.contains("not signedData"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn verify_reports_unreadable_deep_trees_instead_of_skipping_them() {
+    use rustix::fs::{Mode, OFlags, mkdirat, openat};
+    let d = tempfile::tempdir().unwrap();
+    let s = Session::start().unwrap();
+    fs::create_dir(d.path().join("mods")).unwrap();
+    fs::write(
+        d.path().join("mods/good.ko"),
+        s.sign_module(&module_bytes()).unwrap(),
+    )
+    .unwrap();
+    fs::write(d.path().join("cert.pem"), s.cert_pem()).unwrap();
+    // 10 000 nested directories, made relative to each other (the full
+    // path is far past PATH_MAX).
+    let mut fd = openat(
+        rustix::fs::CWD,
+        d.path().join("mods"),
+        OFlags::DIRECTORY,
+        Mode::empty(),
+    )
+    .unwrap();
+    for _ in 0..10_000 {
+        mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+        fd = openat(&fd, "d", OFlags::DIRECTORY, Mode::empty()).unwrap();
+    }
+    let out = common::composer(d.path(), &["verify", "mods", "--cert", "cert.pem"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ok    mods/good.ko"), "{stdout}");
+    assert!(stdout.contains("cannot read"), "{stdout}");
 }

@@ -80,6 +80,8 @@ pub enum SigError {
     UnknownKeyId,
     #[error("signature does not verify: the module was changed after signing, or the key differs")]
     BadSignature,
+    #[error("not a kernel module: {0}")]
+    NotElf(&'static str),
 }
 
 /// A module split into its content and its parsed signature.

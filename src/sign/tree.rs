@@ -39,15 +39,35 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TreeError + '_ {
 
 /// Every `.ko` (and compressed `.ko.*`) file under `root`, sorted.
 pub fn modules(root: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = walkdir::WalkDir::new(root)
-        .into_iter()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_file())
-        .map(|e| e.into_path())
-        .filter(|p| is_module(p))
-        .collect();
+    let (mut out, _) = walk(root);
     out.sort();
     out
+}
+
+/// Modules under `root`, and the entries that could not be read (path,
+/// reason) rather than skipping them silently.
+fn walk(root: &Path) -> (Vec<PathBuf>, Vec<(PathBuf, String)>) {
+    let mut mods = Vec::new();
+    let mut errors = Vec::new();
+    for e in walkdir::WalkDir::new(root) {
+        match e {
+            Ok(e) if e.file_type().is_file() && is_module(e.path()) => mods.push(e.into_path()),
+            Ok(_) => {}
+            Err(err) => {
+                let path = err
+                    .path()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| root.to_path_buf());
+                let reason = err
+                    .io_error()
+                    .map(|io| io.to_string())
+                    .unwrap_or_else(|| err.to_string());
+                errors.push((path, format!("cannot read: {reason}")));
+            }
+        }
+    }
+    mods.sort();
+    (mods, errors)
 }
 
 fn is_module(p: &Path) -> bool {
@@ -69,6 +89,12 @@ pub fn sign_tree(root: &Path, session: &Session) -> Result<Vec<PathBuf>, TreeErr
             return Err(TreeError::Compressed(path.clone()));
         }
         let bytes = fs::read(path).map_err(io_err(path))?;
+        if !bytes.starts_with(b"\x7fELF") {
+            return Err(TreeError::Sig {
+                path: path.clone(),
+                error: SigError::NotElf("no ELF header"),
+            });
+        }
         let signed = session
             .sign_module(&bytes)
             .map_err(|error| TreeError::Sig {
@@ -100,7 +126,14 @@ pub fn verify_paths(roots: &[PathBuf], trusted: &[Trusted]) -> Vec<Checked> {
         let files = if root.is_file() {
             vec![root.clone()]
         } else {
-            modules(root)
+            let (mods, errors) = walk(root);
+            for (path, reason) in errors {
+                out.push(Checked {
+                    path,
+                    result: Err(reason),
+                });
+            }
+            mods
         };
         for path in files {
             let result = if !path.to_string_lossy().ends_with(".ko") && root.is_dir() {

@@ -71,6 +71,12 @@ pub struct Verified {
 
 /// Verifies a module's bytes against `trusted`.
 pub fn verify(bytes: &[u8], trusted: &[Trusted]) -> Result<Verified, SigError> {
+    if bytes.is_empty() {
+        return Err(SigError::NotElf("the file is empty"));
+    }
+    if !bytes.starts_with(b"\x7fELF") {
+        return Err(SigError::NotElf("no ELF header"));
+    }
     let split = kmod::split(bytes)?;
     let cms = split.cms.ok_or(SigError::Unsigned)?;
     let parsed = kmod::parse_cms(cms)?;
