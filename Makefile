@@ -54,11 +54,13 @@ test: setup
 	fi
 
 # bench/build.sh: cold, no-op and touched-module builds of the demo tree.
+# bench/verify.sh: composer verify against grep and openssl on Debian's kernel.
 # Then loading + rendering both real corpora for both platforms (validate loads
 # every platform). No other tool to compare with runs here (bldr needs Go
 # modules from outside the reachable registries), so the report is absolute.
 bench: setup release
 	bench/build.sh $(COMPOSER)
+	bench/verify.sh $(COMPOSER)
 	hyperfine --warmup 3 --shell=none \
 	  -n 'siderolabs-pkgs: load + render, amd64 + arm64' \
 	  '$(COMPOSER) validate --root ../shared/corpus/siderolabs-pkgs' \

@@ -137,6 +137,18 @@ fn demo_tree_builds_kernel_and_module_then_caches_and_rebuilds_only_the_session(
         String::from_utf8_lossy(&v.stdout)
     );
     assert!(verdict.contains("0 not"), "{verdict}");
+    // The same with the certificate read out of the kernel image.
+    let v = common::composer(
+        p.path(),
+        &[
+            "verify",
+            "_out/kernel",
+            "_out/hello-module",
+            "--kernel",
+            "_out/kernel/boot/vmlinuz",
+        ],
+    );
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
 
     // The kernel agrees: boot it and load each variant of the module.
     let console = boot_with_module_variants(&o.join("kernel/boot/vmlinuz"), &ko);

@@ -118,7 +118,7 @@ pub enum Command {
     Build(build::BuildArgs),
     /// Check that every kernel module is signed by a trusted key (cryptographically).
     #[command(
-        after_help = "Examples:\n  composer verify _out/hello-module --cert kernel-build/src/certs/signing_key.x509\n  composer verify /lib/modules/$(uname -r) --cert cert.pem -q\n\nExit 1 when any module is unsigned, signed by another key, or changed after signing."
+        after_help = "Examples:\n  composer verify _out/hello-module --kernel _out/kernel/boot/vmlinuz\n  composer verify _out/hello-module --cert _out/kernel/boot/signing_key.x509\n  composer verify /lib/modules/$(uname -r) --cert cert.pem -q\n\nExit 1 when any module is unsigned, signed by another key, or changed after signing."
     )]
     Verify(verify::VerifyArgs),
     /// Inspect, prune or verify the build cache.

@@ -18,8 +18,12 @@ pub struct VerifyArgs {
     pub paths: Vec<PathBuf>,
     /// A trusted certificate (PEM or DER), such as the kernel build's
     /// certs/signing_key.x509. Repeatable.
-    #[arg(long = "cert", value_name = "FILE", required = true)]
+    #[arg(long = "cert", value_name = "FILE", required_unless_present = "kernel")]
     pub certs: Vec<PathBuf>,
+    /// Trust the certificates built into this kernel image (bzImage,
+    /// Image or Image.gz), as the kernel itself does.
+    #[arg(long, value_name = "VMLINUZ")]
+    pub kernel: Option<PathBuf>,
     /// Print only failures and the summary.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -47,6 +51,20 @@ pub fn run(global: &Global, args: &VerifyArgs) -> CliResult {
     let mut trusted = Vec::new();
     for c in &args.certs {
         trusted.extend(read_certs(c)?);
+    }
+    if let Some(k) = &args.kernel {
+        let image =
+            std::fs::read(k).map_err(|e| CliError::user(format!("{}: {e}", k.display())))?;
+        let code = crate::sign::kernel_image::kernel_code(&image)
+            .map_err(|e| CliError::user(format!("{}: {e}", k.display())))?;
+        let certs = crate::sign::kernel_image::certificates(&code);
+        if certs.is_empty() {
+            return Err(CliError::user(format!(
+                "{}: no certificates built in: this kernel trusts no module key",
+                k.display()
+            )));
+        }
+        trusted.extend(certs.into_iter().map(|(c, _)| Trusted::new(c)));
     }
     for p in &args.paths {
         if !p.exists() {

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod hooks;
+pub mod kernel_image;
 pub mod kmod;
 pub mod session;
 pub mod tree;

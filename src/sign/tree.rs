@@ -119,8 +119,10 @@ pub struct Checked {
     pub result: Result<Verified, String>,
 }
 
-/// Verifies every module under each of `roots` (a file is checked itself).
+/// Verifies every module under each of `roots` (a file is checked itself),
+/// on all cores; results keep the sorted order.
 pub fn verify_paths(roots: &[PathBuf], trusted: &[Trusted]) -> Vec<Checked> {
+    use rayon::prelude::*;
     let mut out = Vec::new();
     for root in roots {
         let files = if root.is_file() {
@@ -135,17 +137,22 @@ pub fn verify_paths(roots: &[PathBuf], trusted: &[Trusted]) -> Vec<Checked> {
             }
             mods
         };
-        for path in files {
-            let result = if !path.to_string_lossy().ends_with(".ko") && root.is_dir() {
-                Err("compressed module: decompress to verify".to_string())
-            } else {
-                match fs::read(&path) {
-                    Err(e) => Err(e.to_string()),
-                    Ok(bytes) => verify(&bytes, trusted).map_err(|e| e.to_string()),
-                }
-            };
-            out.push(Checked { path, result });
-        }
+        let is_dir = root.is_dir();
+        let checked: Vec<Checked> = files
+            .into_par_iter()
+            .map(|path| {
+                let result = if !path.to_string_lossy().ends_with(".ko") && is_dir {
+                    Err("compressed module: decompress to verify".to_string())
+                } else {
+                    match fs::read(&path) {
+                        Err(e) => Err(e.to_string()),
+                        Ok(bytes) => verify(&bytes, trusted).map_err(|e| e.to_string()),
+                    }
+                };
+                Checked { path, result }
+            })
+            .collect();
+        out.extend(checked);
     }
     out
 }

@@ -1,0 +1,106 @@
+//! The certificates a kernel image trusts for modules, read from the image
+//! itself: a bzImage's compressed payload (gzip, xz or zstd) is unpacked
+//! and scanned for X.509 certificates, which is where the kernel keeps its
+//! built-in keys (`system_certificates`). An uncompressed image (arm64's
+//! `Image`) or a gzip-compressed one (`Image.gz`) is scanned directly.
+//!
+//! Invariant: only byte ranges that parse as a whole X.509 certificate
+//! (x509-cert) are returned, each once, in image order.
+
+use std::io::Read;
+
+use der::Decode;
+use x509_cert::Certificate;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{0}")]
+    Format(String),
+    #[error("decompressing the kernel payload: {0}")]
+    Decompress(String),
+}
+
+/// Decompressed kernel code (vmlinux or Image) of a kernel image file.
+pub fn kernel_code(image: &[u8]) -> Result<Vec<u8>, ImageError> {
+    if image.len() > 0x250 && &image[0x202..0x206] == b"HdrS" {
+        let u32le = |at: usize| {
+            u32::from_le_bytes([image[at], image[at + 1], image[at + 2], image[at + 3]]) as usize
+        };
+        let setup_sects = match image[0x1f1] {
+            0 => 4,
+            n => n as usize,
+        };
+        let start = (setup_sects + 1) * 512 + u32le(0x248);
+        let end = start.checked_add(u32le(0x24c)).unwrap_or(usize::MAX);
+        let payload = image
+            .get(start..end)
+            .ok_or_else(|| ImageError::Format("bzImage payload lies outside the file".into()))?;
+        return decompress(payload);
+    }
+    if image.starts_with(&[0x1f, 0x8b]) {
+        return decompress(image);
+    }
+    Ok(image.to_vec())
+}
+
+fn decompress(payload: &[u8]) -> Result<Vec<u8>, ImageError> {
+    let mut out = Vec::new();
+    let err = |e: std::io::Error| ImageError::Decompress(e.to_string());
+    if payload.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::GzDecoder::new(payload)
+            .read_to_end(&mut out)
+            .map_err(err)?;
+    } else if payload.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        // The kernel appends the uncompressed size (4 bytes) after the
+        // stream; liblzma would read it as a damaged second stream.
+        let mut stream = xz2::stream::Stream::new_stream_decoder(u64::MAX, 0)
+            .map_err(|e| ImageError::Decompress(e.to_string()))?;
+        out.reserve(payload.len() * 4);
+        loop {
+            let consumed = stream.total_in() as usize;
+            let status = stream
+                .process_vec(&payload[consumed..], &mut out, xz2::stream::Action::Run)
+                .map_err(|e| ImageError::Decompress(e.to_string()))?;
+            if status == xz2::stream::Status::StreamEnd {
+                break;
+            }
+            if out.len() == out.capacity() {
+                out.reserve(out.len());
+            } else if stream.total_in() as usize == payload.len() {
+                return Err(ImageError::Decompress("truncated xz stream".into()));
+            }
+        }
+    } else if payload.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        let mut d = zstd::Decoder::new(payload).map_err(err)?.single_frame();
+        d.read_to_end(&mut out).map_err(err)?;
+    } else {
+        return Err(ImageError::Format(
+            "the kernel payload is not gzip, xz or zstd (lz4, lzma, lzo and bzip2 kernels are not supported)"
+                .into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Every X.509 certificate in `code`, in order, without duplicates.
+pub fn certificates(code: &[u8]) -> Vec<(Certificate, Vec<u8>)> {
+    let mut out: Vec<(Certificate, Vec<u8>)> = Vec::new();
+    let mut i = 0;
+    while i + 8 < code.len() {
+        // SEQUENCE (long form, 2 length bytes) holding a SEQUENCE.
+        if code[i] == 0x30 && code[i + 1] == 0x82 && code[i + 4] == 0x30 && code[i + 5] == 0x82 {
+            let len = 4 + u16::from_be_bytes([code[i + 2], code[i + 3]]) as usize;
+            if let Some(der) = code.get(i..i + len)
+                && let Ok(cert) = Certificate::from_der(der)
+            {
+                if !out.iter().any(|(_, d)| d == der) {
+                    out.push((cert, der.to_vec()));
+                }
+                i += len;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    out
+}
