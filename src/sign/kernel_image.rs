@@ -31,7 +31,7 @@ pub fn kernel_code(image: &[u8]) -> Result<Vec<u8>, ImageError> {
             n => n as usize,
         };
         let start = (setup_sects + 1) * 512 + u32le(0x248);
-        let end = start.checked_add(u32le(0x24c)).unwrap_or(usize::MAX);
+        let end = start.saturating_add(u32le(0x24c));
         let payload = image
             .get(start..end)
             .ok_or_else(|| ImageError::Format("bzImage payload lies outside the file".into()))?;
