@@ -27,6 +27,11 @@ steps:
         { printf '\177ELF'; head -c 30000 /dev/urandom; } > /rootfs/usr/lib/modules/6.1.0/extra/b.ko
         cp /signing/certs/signing_key.x509 /rootfs/session-cert.pem
         env > /rootfs/env.txt
+        if [ -e /signing/keys/signing_key.pem ]; then
+          echo "$(grep -c 'BEGIN PRIV''ATE KEY' /signing/keys/signing_key.pem) $(awk '$5 == "/signing/keys" { for (i = 7; i <= NF; i++) if ($i == "-") { print $(i + 1); exit } }' /proc/self/mountinfo)" > /rootfs/keys
+        else
+          echo none > /rootfs/keys
+        fi
     test:
       - test -s /rootfs/usr/lib/modules/6.1.0/extra/a.ko
 finalize:
@@ -43,11 +48,12 @@ fn files(dir: &Path) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
-#[test]
-fn the_session_key_is_nowhere_on_disk_after_a_signing_build() {
+/// Builds `pkg` (stage `mods`) in-process with a signing session; returns
+/// the project directory and the session.
+fn signing_build(pkg: &str, in_tree: bool) -> (tempfile::TempDir, Session) {
     let d = common::tree(&[
         ("p/Pkgfile", "format: v1alpha2\n"),
-        ("p/mods/pkg.yaml", PKG),
+        ("p/mods/pkg.yaml", pkg),
     ]);
     let (defs, report) = load(&LoadOptions {
         roots: vec![d.path().join("p")],
@@ -60,13 +66,17 @@ fn the_session_key_is_nowhere_on_disk_after_a_signing_build() {
         .resolve(&["mods".to_string()])
         .unwrap();
     let session: OnceLock<Session> = OnceLock::new();
-    let hooks = Hooks { session: &session };
+    let hooks = Hooks {
+        session: &session,
+        in_tree,
+    };
     let mut start = || -> Result<SessionCert, String> {
         let s = Session::start().map_err(|e| e.to_string())?;
         let cert = SessionCert {
             id: s.id(),
             cert_pem: s.cert_pem().as_bytes().to_vec(),
             description: "test".into(),
+            private_pem: in_tree.then(|| std::sync::Arc::new(s.combined_pem().unwrap())),
         };
         let _ = session.set(s);
         Ok(cert)
@@ -81,28 +91,15 @@ fn the_session_key_is_nowhere_on_disk_after_a_signing_build() {
     };
     let summary = exec::build(&defs, &plan, &opts, &mut start, Some(&hooks), &mut |_| {}).unwrap();
     assert_eq!(summary.built, ["mods"]);
-    let s = session.get().expect("a session was started");
+    let s = session.into_inner().expect("a session was started");
+    (d, s)
+}
 
-    // The modules are signed by the session key.
-    let trusted = [Trusted::new(s.certificate().clone())];
-    for m in ["a.ko", "b.ko"] {
-        let bytes = fs::read(
-            d.path()
-                .join("_out/mods/usr/lib/modules/6.1.0/extra")
-                .join(m),
-        )
-        .unwrap();
-        verify(&bytes, &trusted).unwrap();
-    }
-    assert_eq!(
-        fs::read_to_string(d.path().join("_out/mods/session-cert.pem")).unwrap(),
-        s.cert_pem()
-    );
-
-    // And the key is nowhere.
+/// Asserts that no file under `dir` holds the session's key material.
+fn assert_no_key_material(dir: &Path, s: &Session) {
     let patterns = s.secret_patterns_for_audit();
     assert_eq!(patterns.len(), 2, "PKCS#8 and the raw scalar");
-    let all = files(d.path());
+    let all = files(dir);
     assert!(all.len() > 10, "the scan sees the cache, outputs and logs");
     for f in all {
         let bytes = fs::read(&f).unwrap();
@@ -119,4 +116,40 @@ fn the_session_key_is_nowhere_on_disk_after_a_signing_build() {
             f.display()
         );
     }
+}
+
+#[test]
+fn the_session_key_is_nowhere_on_disk_after_a_signing_build() {
+    let (d, s) = signing_build(PKG, false);
+    // The modules are signed by the session key.
+    let trusted = [Trusted::new(s.certificate().clone())];
+    for m in ["a.ko", "b.ko"] {
+        let bytes = fs::read(
+            d.path()
+                .join("_out/mods/usr/lib/modules/6.1.0/extra")
+                .join(m),
+        )
+        .unwrap();
+        verify(&bytes, &trusted).unwrap();
+    }
+    assert_eq!(
+        fs::read_to_string(d.path().join("_out/mods/session-cert.pem")).unwrap(),
+        s.cert_pem()
+    );
+    assert_eq!(
+        fs::read_to_string(d.path().join("_out/mods/keys")).unwrap(),
+        "none\n"
+    );
+    assert_no_key_material(d.path(), &s);
+}
+
+#[test]
+fn sign_in_tree_gives_the_key_on_a_tmpfs_and_it_never_reaches_the_disk() {
+    let (d, s) = signing_build(PKG, true);
+    // The stage saw the key, on a tmpfs of its own.
+    assert_eq!(
+        fs::read_to_string(d.path().join("_out/mods/keys")).unwrap(),
+        "1 tmpfs\n"
+    );
+    assert_no_key_material(d.path(), &s);
 }

@@ -51,6 +51,13 @@ pub struct BuildArgs {
     /// certs/signing_key.pem). The key is then stable, not ephemeral.
     #[arg(long, value_name = "FILE", conflicts_with = "signing_key_type")]
     pub signing_key: Option<PathBuf>,
+    /// Also give the session's private key (with its certificate, PEM) to
+    /// the session's stages at /signing/keys/signing_key.pem, on a tmpfs
+    /// of each sandbox's own, for kernel trees that sign during
+    /// `modules_install` (CONFIG_MODULE_SIG_ALL=y). It never touches the
+    /// disk; composer still signs every module afterwards.
+    #[arg(long)]
+    pub sign_in_tree: bool,
     #[command(flatten)]
     pub opts: RenderOpts,
 }
@@ -112,13 +119,23 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
             id: s.id(),
             cert_pem: s.cert_pem().as_bytes().to_vec(),
             description,
+            private_pem: if args.sign_in_tree {
+                Some(std::sync::Arc::new(
+                    s.combined_pem().map_err(|e| e.to_string())?,
+                ))
+            } else {
+                None
+            },
         };
         session
             .set(s)
             .map_err(|_| "a build has one signing session".to_string())?;
         Ok(cert)
     };
-    let hooks = Hooks { session: &session };
+    let hooks = Hooks {
+        session: &session,
+        in_tree: args.sign_in_tree,
+    };
     let mut view = View::new(global.verbose);
     let result = exec::build(
         &defs,

@@ -53,7 +53,13 @@ pub struct SessionCert {
     pub cert_pem: Vec<u8>,
     /// What the key is, for people ("ephemeral ECDSA P-384/SHA-384 key").
     pub description: String,
+    /// `--sign-in-tree` only: the private key and certificate (PEM) that
+    /// session stages find on a tmpfs at [`SESSION_KEY`].
+    pub private_pem: Option<std::sync::Arc<zeroize::Zeroizing<Vec<u8>>>>,
 }
+
+/// Where session stages find the private key in `--sign-in-tree` mode.
+pub const SESSION_KEY: &str = "/signing/keys/signing_key.pem";
 
 /// What the build reports, in order, on the calling thread.
 pub enum Progress {
@@ -358,6 +364,13 @@ pub fn build(
         logs,
         session_certs: certs_dir,
         session_hooks,
+        session_key: session
+            .as_ref()
+            .and_then(|s| s.private_pem.clone())
+            .map(|content| super::sandbox::SecretFile {
+                dst: SESSION_KEY.to_string(),
+                content,
+            }),
     };
     let session_id = session.as_ref().map(|s| s.id.clone());
     let outputs = schedule(&mut planned, &ctx, opts.jobs.max(1), session_id.clone(), on)?;

@@ -20,6 +20,9 @@
 //!   process of the sandbox blocked reading it and stops the item at once:
 //!   a prompt can never hang a build ([`Outcome::ReadStdin`]).
 //! - stdout and stderr go, merged and in order, to a callback per line.
+//! - secret files (the session key in `--sign-in-tree` mode) reach the
+//!   sandbox through pipes into a tmpfs of its own: never the disk. This
+//!   is the one `unsafe` block (a `pre_exec` dup2).
 
 use std::fs;
 use std::io::{self, BufRead, BufReader};
@@ -89,7 +92,28 @@ pub struct Spec {
     pub mounts: Vec<Mount>,
     pub network: bool,
     pub env: Vec<(String, String)>,
+    /// Files that must never touch the disk (the session's private key in
+    /// `--sign-in-tree` mode): each directory gets its own tmpfs inside the
+    /// sandbox and each file is streamed into it through a pipe.
+    pub secret_files: Vec<SecretFile>,
 }
+
+/// A file created inside the sandbox from memory.
+#[derive(Clone)]
+pub struct SecretFile {
+    /// Absolute path inside the sandbox; its directory becomes a tmpfs.
+    pub dst: String,
+    pub content: std::sync::Arc<zeroize::Zeroizing<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for SecretFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretFile({}, {} bytes)", self.dst, self.content.len())
+    }
+}
+
+/// The first fd number secret files are passed on in the child.
+const SECRET_FD_BASE: i32 = 100;
 
 /// How a script item ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,6 +200,18 @@ fn bwrap_args(spec: &Spec) -> io::Result<Vec<String>> {
         let flag = if m.writable { "--bind" } else { "--ro-bind" };
         a.extend([flag.into(), s(&m.src), m.dst.clone()]);
     }
+    for (i, f) in spec.secret_files.iter().enumerate() {
+        let dir = Path::new(&f.dst)
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "/".into());
+        a.extend(["--tmpfs".into(), dir]);
+        a.extend([
+            "--file".into(),
+            (SECRET_FD_BASE + i as i32).to_string(),
+            f.dst.clone(),
+        ]);
+    }
     a.push("--cap-drop".into());
     a.push("ALL".into());
     for c in CAPS {
@@ -200,18 +236,51 @@ pub fn run(
     let stdin_ino = rustix::fs::fstat(&stdin_r).map_err(io::Error::from)?.st_ino;
     let (out_r, out_w) = io::pipe()?;
     let err_w = out_w.try_clone()?;
-    let mut child = Command::new("bwrap")
-        .args(bwrap_args(spec)?)
+    let mut cmd = Command::new("bwrap");
+    cmd.args(bwrap_args(spec)?)
         .arg("--")
         .args(argv)
         .stdin(Stdio::from(stdin_r))
         .stdout(Stdio::from(out_w))
-        .stderr(Stdio::from(err_w))
-        .spawn()
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => SandboxError::NoBwrap,
-            _ => SandboxError::Io(e),
-        })?;
+        .stderr(Stdio::from(err_w));
+    // Secret files: written into pipes here (a key is far below the pipe
+    // buffer), read by bwrap into the sandbox's tmpfs. The read ends stay
+    // close-on-exec in this process and are duplicated onto fixed numbers
+    // only in this child, so no other sandbox started meanwhile sees them.
+    let mut secret_pipes = Vec::new();
+    for f in &spec.secret_files {
+        let (r, mut w) = io::pipe()?;
+        std::io::Write::write_all(&mut w, &f.content)?;
+        drop(w);
+        secret_pipes.push(r);
+    }
+    if !secret_pipes.is_empty() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let raw: Vec<i32> = secret_pipes.iter().map(|p| p.as_raw_fd()).collect();
+        // SAFETY: the closure runs in the forked child before exec and only
+        // calls dup2, which is async-signal-safe; it touches no memory but
+        // the captured integers.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (i, fd) in raw.iter().enumerate() {
+                    if libc::dup2(*fd, SECRET_FD_BASE + i as i32) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+    let spawned = cmd.spawn();
+    // The command holds the parent's copies of the output pipe's write
+    // ends: drop it so the reader sees end-of-file when the child exits.
+    drop(cmd);
+    drop(secret_pipes);
+    let mut child = spawned.map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => SandboxError::NoBwrap,
+        _ => SandboxError::Io(e),
+    })?;
 
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {

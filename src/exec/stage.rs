@@ -23,7 +23,7 @@ use std::time::Instant;
 use super::cache::{Cache, CacheError, Entry, Meta, now};
 use super::fsops::{self, FsError};
 use super::pkgdir::PkgDir;
-use super::sandbox::{self, HOST_DIRS, Mount, Outcome, SandboxError, Spec};
+use super::sandbox::{self, HOST_DIRS, Mount, Outcome, SandboxError, SecretFile, Spec};
 use super::sources::{self, SourceError, SourceOptions};
 use crate::defs::load::Package;
 use crate::defs::schema::{Network, Variant};
@@ -104,6 +104,9 @@ pub struct Context<'a> {
     pub session_certs: Option<PathBuf>,
     /// What the signing session does to its stages' filesystems.
     pub session_hooks: Option<&'a dyn SessionHooks>,
+    /// `--sign-in-tree`: the session's private key (PEM, with its
+    /// certificate) given to session stages on a tmpfs.
+    pub session_key: Option<SecretFile>,
 }
 
 /// The signing session's part in running a session stage.
@@ -241,6 +244,10 @@ fn run_in(
             mounts,
             network: !matches!(step.network.unwrap_or(Network::None), Network::None),
             env: env.clone(),
+            secret_files: match (&job.session, &ctx.session_key) {
+                (Some(_), Some(key)) => vec![key.clone()],
+                _ => Vec::new(),
+            },
         };
         if !step.sources.is_empty() {
             emit(Event::Phase(format!("step {n}: sources")));

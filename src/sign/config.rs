@@ -57,8 +57,12 @@ pub fn kernel_configs(root: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Checks every signing-enabled kernel config under `root`.
-pub fn check(root: &Path, key: KeyType) -> Result<(), String> {
+/// Where session stages find the private key with `--sign-in-tree`.
+pub const SESSION_KEY: &str = "/signing/keys/signing_key.pem";
+
+/// Checks every signing-enabled kernel config under `root`. `in_tree`: the
+/// kernel may sign during `modules_install` with the session key.
+pub fn check(root: &Path, key: KeyType, in_tree: bool) -> Result<(), String> {
     for path in kernel_configs(root) {
         let text = fs::read_to_string(&path).map_err(|e| e.to_string())?;
         let shown = path
@@ -66,7 +70,7 @@ pub fn check(root: &Path, key: KeyType) -> Result<(), String> {
             .unwrap_or(&path)
             .display()
             .to_string();
-        check_text(&text, key).map_err(|e| format!("/{shown}: {e}"))?;
+        check_text(&text, key, in_tree).map_err(|e| format!("/{shown}: {e}"))?;
     }
     Ok(())
 }
@@ -77,10 +81,12 @@ fn value<'t>(text: &'t str, option: &str) -> Option<&'t str> {
 }
 
 /// Checks one config's text.
-pub fn check_text(text: &str, key: KeyType) -> Result<(), String> {
+pub fn check_text(text: &str, key: KeyType, in_tree: bool) -> Result<(), String> {
     let (type_opt, hash, hash_opt) = kconfig(key);
     let sig_key = value(text, "CONFIG_MODULE_SIG_KEY").map(|v| v.trim_matches('"'));
-    if sig_key != Some(SESSION_CERT) {
+    if in_tree && sig_key == Some(SESSION_KEY) {
+        // The kernel signs during modules_install with the session key.
+    } else if sig_key != Some(SESSION_CERT) {
         return Err(format!(
             "CONFIG_MODULE_SIG_KEY is {}, not the session certificate \"{SESSION_CERT}\": the kernel would trust another key than the one its modules are signed with",
             sig_key
@@ -88,9 +94,9 @@ pub fn check_text(text: &str, key: KeyType) -> Result<(), String> {
                 .unwrap_or_else(|| "unset".into())
         ));
     }
-    if value(text, "CONFIG_MODULE_SIG_ALL") == Some("y") {
+    if value(text, "CONFIG_MODULE_SIG_ALL") == Some("y") && sig_key != Some(SESSION_KEY) {
         return Err(
-            "CONFIG_MODULE_SIG_ALL=y makes `modules_install` sign with a private key the build does not have; set it to n: composer signs every module itself"
+            "CONFIG_MODULE_SIG_ALL=y makes `modules_install` sign with a private key the build does not have; set it to n (composer signs every module itself), or build with --sign-in-tree and CONFIG_MODULE_SIG_KEY=\"/signing/keys/signing_key.pem\""
                 .into(),
         );
     }
@@ -123,19 +129,19 @@ mod tests {
 
     #[test]
     fn kernel_config_must_match_the_session_key() {
-        assert_eq!(check_text(GOOD, KeyType::EcdsaP384), Ok(()));
+        assert_eq!(check_text(GOOD, KeyType::EcdsaP384, false), Ok(()));
         let rsa = GOOD.replace(
             "CONFIG_MODULE_SIG_KEY_TYPE_ECDSA=y",
             "CONFIG_MODULE_SIG_KEY_TYPE_RSA=y",
         );
         assert!(
-            check_text(&rsa, KeyType::EcdsaP384)
+            check_text(&rsa, KeyType::EcdsaP384, false)
                 .unwrap_err()
                 .contains("ECDSA P-384")
         );
         let own = GOOD.replace("/signing/certs/signing_key.x509", "certs/signing_key.pem");
         assert!(
-            check_text(&own, KeyType::EcdsaP384)
+            check_text(&own, KeyType::EcdsaP384, false)
                 .unwrap_err()
                 .contains("\"certs/signing_key.pem\"")
         );
@@ -144,15 +150,27 @@ mod tests {
             "CONFIG_MODULE_SIG_ALL=y",
         );
         assert!(
-            check_text(&all, KeyType::EcdsaP384)
+            check_text(&all, KeyType::EcdsaP384, false)
                 .unwrap_err()
                 .contains("MODULE_SIG_ALL")
         );
         let nohash = GOOD.replace("CONFIG_CRYPTO_SHA512=y", "CONFIG_CRYPTO_SHA512=m");
         assert!(
-            check_text(&nohash, KeyType::EcdsaP384)
+            check_text(&nohash, KeyType::EcdsaP384, false)
                 .unwrap_err()
                 .contains("sha384")
         );
+    }
+}
+
+#[cfg(test)]
+mod in_tree_tests {
+    use super::*;
+
+    #[test]
+    fn in_tree_mode_accepts_the_session_key_path_with_sig_all() {
+        let text = "CONFIG_MODULE_SIG=y\nCONFIG_MODULE_SIG_KEY=\"/signing/keys/signing_key.pem\"\nCONFIG_MODULE_SIG_ALL=y\nCONFIG_MODULE_SIG_KEY_TYPE_ECDSA=y\nCONFIG_CRYPTO_SHA512=y\n";
+        assert_eq!(check_text(text, KeyType::EcdsaP384, true), Ok(()));
+        assert!(check_text(text, KeyType::EcdsaP384, false).is_err());
     }
 }

@@ -13,6 +13,8 @@ use crate::exec::SessionHooks;
 
 pub struct Hooks<'a> {
     pub session: &'a OnceLock<Session>,
+    /// `--sign-in-tree`: the kernel may sign during `modules_install`.
+    pub in_tree: bool,
 }
 
 impl Hooks<'_> {
@@ -26,7 +28,7 @@ impl Hooks<'_> {
 impl SessionHooks for Hooks<'_> {
     fn after_prepare(&self, root: &Path) -> Result<(), String> {
         let s = self.session()?;
-        config::check(root, s.key_type())
+        config::check(root, s.key_type(), self.in_tree)
     }
 
     fn after_install(&self, root: &Path) -> Result<usize, String> {

@@ -239,6 +239,18 @@ impl Session {
         out
     }
 
+    /// The private key (PKCS#8 PEM) followed by the certificate: the
+    /// `signing_key.pem` a kernel tree signs with during `modules_install`.
+    /// Only for `--sign-in-tree`, which hands it to session stages on a
+    /// tmpfs; zeroized when dropped.
+    pub fn combined_pem(&self) -> Result<Zeroizing<Vec<u8>>, SigError> {
+        let key = der::pem::encode_string("PRIVATE KEY", der::pem::LineEnding::LF, &self.key_der)
+            .map_err(|e| SigError::Cms(e.to_string()))?;
+        let mut out = Zeroizing::new(key.into_bytes());
+        out.extend_from_slice(self.cert_pem.as_bytes());
+        Ok(out)
+    }
+
     pub fn certificate(&self) -> &Certificate {
         &self.cert
     }
