@@ -33,7 +33,7 @@ i = 0
 while (i := code.find(b'\x30\x82', i)) >= 0:
     if code[i + 4:i + 6] == b'\x30\x82':
         der = code[i:i + 4 + int.from_bytes(code[i + 2:i + 4], 'big')]
-        if subprocess.run(['openssl', 'x509', '-inform', 'DER', '-noout'], input=der).returncode == 0:
+        if subprocess.run(['openssl', 'x509', '-inform', 'DER', '-noout'], input=der, capture_output=True).returncode == 0:
             open('kernel-cert.der', 'wb').write(der)
             subprocess.run(['openssl', 'x509', '-inform', 'DER', '-in', 'kernel-cert.der', '-out', 'kernel-cert.pem'])
             break
@@ -43,7 +43,8 @@ PY
 # A sample for the openssl loop: the first 300 modules, and each one's
 # content and CMS split apart beforehand (not timed).
 rm -rf sample && mkdir -p sample/ko sample/split
-find $mods -name '*.ko' | sort | head -300 | while read -r f; do cp "$f" sample/ko/; done
+find $mods -name '*.ko' | sort > all-modules.txt
+head -300 all-modules.txt | while read -r f; do cp "$f" sample/ko/; done
 python3 - <<'PY'
 import os
 magic = b"~Module signature appended~\n"
