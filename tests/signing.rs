@@ -177,18 +177,7 @@ fn sign_file(dir: &std::path::Path) -> std::path::PathBuf {
         std::path::Path::new(tarball).is_file(),
         "{tarball} is missing: run `make setup`"
     );
-    let sh = |cmd: &str| {
-        let o = Command::new("bash")
-            .args(["-c", cmd])
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{cmd}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
+    let sh = |cmd: &str| common::sh(dir, cmd);
     sh(&format!(
         "tar -xJf {tarball} linux-source-6.1/scripts/sign-file.c linux-source-6.1/scripts/ssl-common.h \
          && gcc -o sign-file linux-source-6.1/scripts/sign-file.c -lcrypto 2>/dev/null"
@@ -200,18 +189,7 @@ fn sign_file(dir: &std::path::Path) -> std::path::PathBuf {
 fn sign_file_and_composer_make_byte_identical_rsa_signatures() {
     let d = tempfile::tempdir().unwrap();
     let tool = sign_file(d.path());
-    let sh = |cmd: &str| {
-        let o = Command::new("bash")
-            .args(["-c", cmd])
-            .current_dir(d.path())
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{cmd}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
+    let sh = |cmd: &str| common::sh(d.path(), cmd);
     sh(
         "openssl req -new -nodes -utf8 -sha256 -days 36500 -batch -x509 -subj /CN=kernel-key \
         -newkey rsa:2048 -keyout key.pem -out cert.pem 2>/dev/null && cat key.pem cert.pem > signing_key.pem",
@@ -241,18 +219,7 @@ fn sign_file_and_composer_make_byte_identical_rsa_signatures() {
 fn a_sign_file_ecdsa_signature_verifies_with_composer() {
     let d = tempfile::tempdir().unwrap();
     let tool = sign_file(d.path());
-    let sh = |cmd: &str| {
-        let o = Command::new("bash")
-            .args(["-c", cmd])
-            .current_dir(d.path())
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{cmd}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
+    let sh = |cmd: &str| common::sh(d.path(), cmd);
     sh(
         "openssl req -new -nodes -utf8 -sha384 -days 36500 -batch -x509 -subj /CN=kernel-key \
         -newkey ec -pkeyopt ec_paramgen_curve:secp384r1 -keyout key.pem -out cert.pem 2>/dev/null \
@@ -289,14 +256,7 @@ fn an_ephemeral_rsa_session_signs_deterministically() {
 #[test]
 fn a_mismatched_bring_your_own_key_is_refused() {
     let d = tempfile::tempdir().unwrap();
-    let sh = |cmd: &str| {
-        let o = Command::new("bash")
-            .args(["-c", cmd])
-            .current_dir(d.path())
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{cmd}");
-    };
+    let sh = |cmd: &str| common::sh(d.path(), cmd);
     sh(
         "openssl req -new -nodes -batch -x509 -subj /CN=a -newkey rsa:2048 -keyout a.pem -out a.crt 2>/dev/null \
         && openssl req -new -nodes -batch -x509 -subj /CN=b -newkey rsa:2048 -keyout b.pem -out b.crt 2>/dev/null \
@@ -330,18 +290,7 @@ fn verify_gives_a_clear_error_for_each_hostile_module() {
 
     let d = tempfile::tempdir().unwrap();
     let m = module_bytes();
-    let sh = |cmd: &str| {
-        let o = Command::new("bash")
-            .args(["-c", cmd])
-            .current_dir(d.path())
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{cmd}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
+    let sh = |cmd: &str| common::sh(d.path(), cmd);
     // A CMS with signed attributes (OpenSSL's default), by the trusted key's
     // twin: same shape otherwise.
     sh(

@@ -31,3 +31,18 @@ pub fn composer(cwd: &Path, args: &[&str]) -> Output {
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     out
 }
+
+/// Runs a bash command in `dir`; a failure fails the test with its stderr.
+#[allow(dead_code)] // not every test binary uses it
+pub fn sh(dir: &Path, cmd: &str) {
+    let o = Command::new("bash")
+        .args(["-c", cmd])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
