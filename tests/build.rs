@@ -595,16 +595,7 @@ fn a_host_stage_cannot_merge_into_the_hosts_directories() {
 }
 
 fn run(cmd: &str, dir: &Path) {
-    let o = Command::new("bash")
-        .args(["-c", cmd])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    common::sh(dir, cmd);
 }
 
 /// An OCI layout made by umoci: a busybox layer, then a layer that deletes

@@ -54,12 +54,9 @@ pub struct SessionCert {
     /// What the key is, for people ("ephemeral ECDSA P-384/SHA-384 key").
     pub description: String,
     /// `--sign-in-tree` only: the private key and certificate (PEM) that
-    /// session stages find on a tmpfs at [`SESSION_KEY`].
+    /// session stages find on a tmpfs at `stage::SESSION_KEY`.
     pub private_pem: Option<std::sync::Arc<zeroize::Zeroizing<Vec<u8>>>>,
 }
-
-/// Where session stages find the private key in `--sign-in-tree` mode.
-pub const SESSION_KEY: &str = "/signing/keys/signing_key.pem";
 
 /// What the build reports, in order, on the calling thread.
 pub enum Progress {
@@ -343,7 +340,7 @@ pub fn build(
                 path: d.clone(),
                 source: e,
             })?;
-            let f = d.join("signing_key.x509");
+            let f = d.join(stage::SESSION_CERT_NAME);
             fs::write(&f, &cert.cert_pem).map_err(|e| FsError { path: f, source: e })?;
             Some(d)
         }
@@ -368,7 +365,7 @@ pub fn build(
             .as_ref()
             .and_then(|s| s.private_pem.clone())
             .map(|content| super::sandbox::SecretFile {
-                dst: SESSION_KEY.to_string(),
+                dst: stage::SESSION_KEY.to_string(),
                 content,
             }),
     };

@@ -35,6 +35,12 @@ pub const TAIL_LINES: usize = 25;
 
 /// Where the signing session's certificate directory appears.
 pub const SESSION_DIR: &str = "/signing/certs";
+/// The certificate's file name in [`SESSION_DIR`].
+pub const SESSION_CERT_NAME: &str = "signing_key.x509";
+/// The certificate as session stages see it (PEM).
+pub const SESSION_CERT: &str = "/signing/certs/signing_key.x509";
+/// Where session stages find the private key in `--sign-in-tree` mode.
+pub const SESSION_KEY: &str = "/signing/keys/signing_key.pem";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {

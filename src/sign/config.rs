@@ -10,8 +10,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// Where a session stage finds the certificate (see exec::stage).
-pub const SESSION_CERT: &str = "/signing/certs/signing_key.x509";
+pub use crate::exec::stage::{SESSION_CERT, SESSION_KEY};
 
 use super::session::KeyType;
 
@@ -56,9 +55,6 @@ pub fn kernel_configs(root: &Path) -> Vec<PathBuf> {
         })
         .collect()
 }
-
-/// Where session stages find the private key with `--sign-in-tree`.
-pub const SESSION_KEY: &str = "/signing/keys/signing_key.pem";
 
 /// Checks every signing-enabled kernel config under `root`. `in_tree`: the
 /// kernel may sign during `modules_install` with the session key.
