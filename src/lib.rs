@@ -9,15 +9,23 @@
 //!   → graph (resolved stages, targets, runtime closure)                graph/
 //!   → execution (sandbox, sources, cache, scheduler)                  exec/
 //!       ↳ signing session (ephemeral key; certificate to the kernel)  sign/
-//!   → validation, outputs, installer                                  (to come)
+//!   → validation (named rules over a rootfs or an image)             validate/
+//!   → outputs (layers, OCI images, extension and kmod images, push)   output/
+//!   → installer                                                       (to come)
 //! CLI: a thin layer over the library; it parses, calls, prints.        cli/
 //! ```
 //!
 //! `diag` is shared by every phase: positions, diagnostics, reports.
+//! `oci` is format code shared by the phases that read images (image
+//! dependencies) and those that write them: references, layouts, the
+//! registry client.
 
 pub mod cli;
 pub mod defs;
 pub mod diag;
 pub mod exec;
 pub mod graph;
+pub mod oci;
+pub mod output;
 pub mod sign;
+pub mod validate;

@@ -1,0 +1,2 @@
+//! Outputs: deterministic layers, OCI images, system extension and kmod
+//! images. (Being written.)

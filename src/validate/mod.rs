@@ -1,0 +1,2 @@
+//! Validation of root filesystems and images as a registry of named rules.
+//! (Being written.)
