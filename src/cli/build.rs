@@ -162,7 +162,7 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
 }
 
 /// SOURCE_DATE_EPOCH from `--build-arg` or the environment.
-fn source_date_epoch(build_args: &[(String, String)]) -> Result<Option<i64>, CliError> {
+pub fn source_date_epoch(build_args: &[(String, String)]) -> Result<Option<i64>, CliError> {
     let v = build_args
         .iter()
         .rev()

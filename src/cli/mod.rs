@@ -7,6 +7,7 @@ mod build;
 mod cache;
 mod eval;
 mod graph;
+mod pack;
 mod pending;
 mod render;
 mod validate;
@@ -126,6 +127,11 @@ pub enum Command {
         after_help = "Examples:\n  composer cache ls\n  composer cache prune --older-than 7\n  composer cache verify --repair"
     )]
     Cache(cache::CacheArgs),
+    /// Pack directories into an OCI image (one platform or a multi-platform index).
+    #[command(
+        after_help = "Examples:\n  composer pack _out/hello -o oci:images/hello:1.0.0\n  composer pack rootfs/ --compression zstd -o oci-archive:hello.tar\n  composer pack rootfs/ -o docker-archive:hello.tar:composer/hello:1.0.0   # podman load -i hello.tar\n  composer pack --rootfs linux/amd64=out-amd64 --rootfs linux/arm64=out-arm64 -o oci:images/multi:v1\n\nDigests are reproducible: entries sorted, owned by 0:0, mtimes = SOURCE_DATE_EPOCH (else 0)."
+    )]
+    Pack(pack::PackArgs),
     /// Assemble an installer image from extensions (not implemented yet in this version).
     ImageInstaller(pending::PendingArgs),
 }
@@ -141,6 +147,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Build(a) => build::run(g, a),
         Command::Cache(a) => cache::run(g, a),
         Command::Verify(a) => verify::run(g, a),
+        Command::Pack(a) => pack::run(g, a),
         Command::ImageInstaller(a) => pending::run("image-installer", a),
     }
 }

@@ -123,6 +123,8 @@ pub struct Summary {
     pub cached: Vec<String>,
     pub outputs: Vec<(String, PathBuf)>,
     pub session: Option<String>,
+    /// The signing session's certificate (PEM), new or reused.
+    pub session_cert: Option<String>,
 }
 
 /// Where an input comes from.
@@ -360,6 +362,9 @@ pub fn build(
         epoch: opts.epoch,
         logs,
         session_certs: certs_dir,
+        session_cert_pem: session
+            .as_ref()
+            .map(|c| String::from_utf8_lossy(&c.cert_pem).into_owned()),
         session_hooks,
         session_key: session
             .as_ref()
@@ -378,6 +383,14 @@ pub fn build(
                 .first()
                 .and_then(|&i| outputs[i].meta.session.clone())
         }),
+        session_cert: session
+            .as_ref()
+            .map(|c| String::from_utf8_lossy(&c.cert_pem).into_owned())
+            .or_else(|| {
+                session_stages
+                    .first()
+                    .and_then(|&i| outputs[i].meta.session_cert.clone())
+            }),
         ..Summary::default()
     };
     for p in &planned {

@@ -70,6 +70,10 @@ pub struct Meta {
     pub duration_ms: u64,
     /// Id of the signing session the stage took part in.
     pub session: Option<String>,
+    /// That session's certificate (PEM; public), so a build that reuses
+    /// the session can still validate its modules against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_cert: Option<String>,
 }
 
 /// An entry found in the cache.

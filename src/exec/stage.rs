@@ -108,6 +108,8 @@ pub struct Context<'a> {
     pub logs: PathBuf,
     /// The signing session's certificate directory, for session stages.
     pub session_certs: Option<PathBuf>,
+    /// The session's certificate (PEM), recorded with session entries.
+    pub session_cert_pem: Option<String>,
     /// What the signing session does to its stages' filesystems.
     pub session_hooks: Option<&'a dyn SessionHooks>,
     /// `--sign-in-tree`: the session's private key (PEM, with its
@@ -324,6 +326,7 @@ fn run_in(
         created: now(),
         duration_ms: started.elapsed().as_millis() as u64,
         session: job.session.clone(),
+        session_cert: job.session.as_ref().and(ctx.session_cert_pem.clone()),
     };
     Ok(ctx.cache.commit(pending, meta)?)
 }

@@ -13,6 +13,8 @@
 //! - `index.json` is replaced atomically; a tag names one manifest (its
 //!   `org.opencontainers.image.ref.name` annotation), so tagging again
 //!   replaces the earlier entry.
+//! - JSON blobs are written canonically (sorted keys), so equal content
+//!   always has an equal digest.
 
 use std::collections::HashMap;
 use std::fs;
@@ -66,7 +68,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LayoutError + '_ {
 
 /// `sha256:<hex>` as an oci-spec digest.
 pub fn sha256_digest(hex: &str) -> Digest {
-    let d: Sha256Digest = hex.parse().expect("a sha256 hasher yields 64 lowercase hex digits");
+    let d: Sha256Digest = hex
+        .parse()
+        .expect("a sha256 hasher yields 64 lowercase hex digits");
     d.into()
 }
 
@@ -162,7 +166,7 @@ impl Layout {
         media_type: MediaType,
         value: &T,
     ) -> Result<Descriptor, LayoutError> {
-        let bytes = serde_json::to_vec(value).map_err(|e| LayoutError::Invalid {
+        let bytes = canonical_json(value).map_err(|e| LayoutError::Invalid {
             path: self.root.clone(),
             message: format!("serialising {media_type}: {e}"),
         })?;
@@ -172,7 +176,11 @@ impl Layout {
 
     /// A reader over a blob that fails at EOF when the content does not
     /// match `digest` (and `size`, when given).
-    pub fn open_blob(&self, digest: &Digest, size: Option<u64>) -> Result<VerifyingReader<fs::File>, LayoutError> {
+    pub fn open_blob(
+        &self,
+        digest: &Digest,
+        size: Option<u64>,
+    ) -> Result<VerifyingReader<fs::File>, LayoutError> {
         let path = self.blob_path(digest);
         let file = fs::File::open(&path).map_err(io_err(&path))?;
         Ok(VerifyingReader::new(file, digest.clone(), size))
@@ -182,12 +190,16 @@ impl Layout {
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, LayoutError> {
         let mut r = self.open_blob(digest, None)?;
         let mut out = Vec::new();
-        r.read_to_end(&mut out).map_err(|e| r.explain(e, &self.blob_path(digest)))?;
+        r.read_to_end(&mut out)
+            .map_err(|e| r.explain(e, &self.blob_path(digest)))?;
         Ok(out)
     }
 
     /// Reads a JSON blob (manifest, index, config).
-    pub fn read_json<T: serde::de::DeserializeOwned>(&self, digest: &Digest) -> Result<T, LayoutError> {
+    pub fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        digest: &Digest,
+    ) -> Result<T, LayoutError> {
         let bytes = self.read_blob(digest)?;
         serde_json::from_slice(&bytes).map_err(|e| LayoutError::Invalid {
             path: self.blob_path(digest),
@@ -206,7 +218,7 @@ impl Layout {
 
     pub fn write_index(&self, index: &ImageIndex) -> Result<(), LayoutError> {
         let path = self.root.join("index.json");
-        let bytes = serde_json::to_vec(index).map_err(|e| LayoutError::Invalid {
+        let bytes = canonical_json(index).map_err(|e| LayoutError::Invalid {
             path: path.clone(),
             message: e.to_string(),
         })?;
@@ -238,14 +250,22 @@ impl Layout {
         let index = self.index()?;
         let all = index.manifests();
         match tag {
-            Some(t) => all.iter().find(|d| tag_of(d) == Some(t)).cloned().ok_or_else(|| {
-                let tags: Vec<&str> = all.iter().filter_map(tag_of).collect();
-                LayoutError::NoSuchTag {
-                    layout: self.root.clone(),
-                    tag: t.to_string(),
-                    available: if tags.is_empty() { "none".into() } else { tags.join(", ") },
-                }
-            }),
+            Some(t) => all
+                .iter()
+                .find(|d| tag_of(d) == Some(t))
+                .cloned()
+                .ok_or_else(|| {
+                    let tags: Vec<&str> = all.iter().filter_map(tag_of).collect();
+                    LayoutError::NoSuchTag {
+                        layout: self.root.clone(),
+                        tag: t.to_string(),
+                        available: if tags.is_empty() {
+                            "none".into()
+                        } else {
+                            tags.join(", ")
+                        },
+                    }
+                }),
             None if all.len() == 1 => Ok(all[0].clone()),
             None if all.is_empty() => Err(LayoutError::Invalid {
                 path: self.root.join("index.json"),
@@ -268,6 +288,14 @@ pub fn empty_index() -> ImageIndex {
         .manifests(Vec::<Descriptor>::new())
         .build()
         .expect("an index with schema version and manifests is complete")
+}
+
+/// JSON with object keys in sorted order and no whitespace. oci-spec keeps
+/// labels and annotations in hash maps, whose order changes from run to
+/// run; going through `serde_json::Value` (a sorted map) makes the bytes,
+/// and so the digests, depend on the content only.
+pub fn canonical_json<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(&serde_json::to_value(value)?)
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
@@ -316,12 +344,10 @@ impl BlobWriter {
     /// the blob into place.
     pub fn finish(mut self, expected: Option<&Digest>) -> Result<(Digest, u64), LayoutError> {
         let file = self.file.take().expect("finish consumes the writer");
-        let file = file
-            .into_inner()
-            .map_err(|e| LayoutError::Io {
-                path: self.path.clone(),
-                source: e.into_error(),
-            })?;
+        let file = file.into_inner().map_err(|e| LayoutError::Io {
+            path: self.path.clone(),
+            source: e.into_error(),
+        })?;
         file.sync_all().map_err(io_err(&self.path))?;
         drop(file);
         let hex = hex::encode(std::mem::take(&mut self.hasher).finalize());
@@ -393,7 +419,10 @@ impl<R: Read> Read for VerifyingReader<R> {
                 expected: s,
                 actual: self.read,
             });
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "blob larger than its descriptor"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "blob larger than its descriptor",
+            ));
         }
         if n == 0 && !buf.is_empty() {
             let hex = hex::encode(std::mem::take(&mut self.hasher).finalize());
@@ -436,7 +465,10 @@ mod tests {
         );
         assert_eq!(l.read_blob(&d).unwrap(), b"hello");
         fs::write(l.blob_path(&d), b"hellO").unwrap();
-        assert!(matches!(l.read_blob(&d), Err(LayoutError::DigestMismatch { .. })));
+        assert!(matches!(
+            l.read_blob(&d),
+            Err(LayoutError::DigestMismatch { .. })
+        ));
     }
 
     #[test]
@@ -446,25 +478,45 @@ mod tests {
         let mut w = l.blob_writer().unwrap();
         w.write_all(b"partial").unwrap();
         drop(w);
-        assert_eq!(fs::read_dir(dir.path().join("blobs/sha256")).unwrap().count(), 0);
+        assert_eq!(
+            fs::read_dir(dir.path().join("blobs/sha256"))
+                .unwrap()
+                .count(),
+            0
+        );
         let mut w = l.blob_writer().unwrap();
         w.write_all(b"x").unwrap();
         let wrong = sha256_digest(&"0".repeat(64));
-        assert!(matches!(w.finish(Some(&wrong)), Err(LayoutError::DigestMismatch { .. })));
-        assert_eq!(fs::read_dir(dir.path().join("blobs/sha256")).unwrap().count(), 0);
+        assert!(matches!(
+            w.finish(Some(&wrong)),
+            Err(LayoutError::DigestMismatch { .. })
+        ));
+        assert_eq!(
+            fs::read_dir(dir.path().join("blobs/sha256"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[test]
     fn tagging_again_replaces_the_entry() {
         let dir = tempfile::tempdir().unwrap();
         let l = Layout::create(dir.path()).unwrap();
-        let a = l.write_json(MediaType::ImageConfig, &serde_json::json!({"a": 1})).unwrap();
-        let b = l.write_json(MediaType::ImageConfig, &serde_json::json!({"b": 1})).unwrap();
+        let a = l
+            .write_json(MediaType::ImageConfig, &serde_json::json!({"a": 1}))
+            .unwrap();
+        let b = l
+            .write_json(MediaType::ImageConfig, &serde_json::json!({"b": 1}))
+            .unwrap();
         l.set_tag(&a, "v1").unwrap();
         l.set_tag(&b, "v1").unwrap();
         l.set_tag(&a, "v2").unwrap();
         assert_eq!(l.resolve(Some("v1")).unwrap().digest(), b.digest());
         assert!(matches!(l.resolve(None), Err(LayoutError::Ambiguous(_))));
-        assert!(matches!(l.resolve(Some("v3")), Err(LayoutError::NoSuchTag { .. })));
+        assert!(matches!(
+            l.resolve(Some("v3")),
+            Err(LayoutError::NoSuchTag { .. })
+        ));
     }
 }

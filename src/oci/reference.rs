@@ -111,9 +111,7 @@ impl std::str::FromStr for ImageRef {
                 Some((p, t)) if !p.is_empty() && !t.is_empty() && !t.contains('/') => {
                     Ok((PathBuf::from(p), Some(t.to_string())))
                 }
-                Some((p, t)) if p.is_empty() || t.is_empty() => {
-                    Err(err("expected PATH[:TAG]"))
-                }
+                Some((p, t)) if p.is_empty() || t.is_empty() => Err(err("expected PATH[:TAG]")),
                 _ => Ok((PathBuf::from(rest), None)),
             }
         };
@@ -146,7 +144,9 @@ impl std::str::FromStr for ImageRef {
                 "unknown transport (use oci:, oci-archive:, docker-archive: or a registry reference)",
             ));
         }
-        parse_registry(rest).map(ImageRef::Registry).map_err(|m| err(&m))
+        parse_registry(rest)
+            .map(ImageRef::Registry)
+            .map_err(|m| err(&m))
     }
 }
 
@@ -176,7 +176,8 @@ pub fn parse_registry(s: &str) -> Result<RegistryRef, String> {
     if let Some(t) = &tag {
         let ok = !t.is_empty()
             && t.len() <= 128
-            && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
             && !t.starts_with(['.', '-']);
         if !ok {
             return Err(format!("invalid tag `{t}`"));
@@ -256,7 +257,10 @@ mod tests {
         assert_eq!(r.repository, "composer/hello");
         assert_eq!(r.tag.as_deref(), Some("1.0.0"));
         let r = reg("alpine");
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("docker.io", "library/alpine"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("docker.io", "library/alpine")
+        );
         assert_eq!(r.manifest_reference(), "latest");
         let d = format!("sha256:{}", "a".repeat(64));
         let r = reg(&format!("docker://localhost/x@{d}"));

@@ -1,2 +1,49 @@
-//! Outputs: deterministic layers, OCI images, system extension and kmod
-//! images. (Being written.)
+//! Outputs: what a build leaves behind besides its root filesystems.
+//!
+//! - `layer`: a directory tree as a deterministic, compressed layer blob.
+//! - `image`: config, manifest and multi-platform index around layers.
+//! - `archive`: an image written as an OCI layout, an `oci-archive` or a
+//!   `docker-archive` tarball (the `docker save` format).
+//! - `extension`: Talos system extension images.
+//! - `kmod`: Kernel Module Management kmod images.
+//! - `publish`: staging, and writing an image to its destination.
+//!
+//! Every writer is reproducible: the same input tree and epoch give the
+//! same digests (tested by building twice).
+
+pub mod archive;
+pub mod extension;
+pub mod image;
+pub mod kmod;
+pub mod layer;
+pub mod publish;
+
+use std::io;
+use std::path::PathBuf;
+
+pub use archive::ArchiveError;
+pub use image::{ImageError, ImageMeta, write_image, write_index};
+pub use layer::{Compression, Layer, LayerError};
+
+/// Why an output could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: {message}")]
+    Input { path: PathBuf, message: String },
+    #[error("{tool}: {message}")]
+    Tool { tool: String, message: String },
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Layout(#[from] crate::oci::LayoutError),
+}

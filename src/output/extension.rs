@@ -1,0 +1,108 @@
+//! Talos system extension images: one layer holding `/manifest.yaml` and
+//! `/rootfs/...` exactly as the stage left them (Talos flattens the image
+//! and expects nothing else at its root), with `org.opencontainers.image.*`
+//! labels and the tag from the manifest's version (the package's
+//! `VERSION` variable rendered through `manifest.yaml.tmpl`).
+//!
+//! This module only packs; the caller validates the tree first (see
+//! `output::pack`), so an extension that breaks a rule never becomes an
+//! image.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::Descriptor;
+
+use super::OutputError;
+use super::image::{ImageMeta, rfc3339, write_image};
+use super::layer::{Compression, write_entries};
+use crate::defs::Platform;
+use crate::oci::layout::Layout;
+
+/// True when `tree` looks like an extension (a `manifest.yaml` file and a
+/// `rootfs/` directory at its root).
+pub fn is_extension(tree: &Path) -> bool {
+    tree.join("manifest.yaml").is_file() && tree.join("rootfs").is_dir()
+}
+
+/// The fields of an extension manifest composer reads (name, version,
+/// description), for labels and the tag.
+#[derive(Clone, Debug, Default)]
+pub struct ManifestInfo {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub author: String,
+}
+
+/// Reads `manifest.yaml`'s metadata.
+pub fn manifest_info(tree: &Path) -> Result<ManifestInfo, OutputError> {
+    let path = tree.join("manifest.yaml");
+    let text = std::fs::read_to_string(&path).map_err(|source| OutputError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    use saphyr::LoadableYamlNode;
+    let docs = saphyr::Yaml::load_from_str(&text).map_err(|e| OutputError::Input {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let get = |key: &str| -> String {
+        docs.first()
+            .and_then(|d| d.as_mapping_get("metadata"))
+            .and_then(|m| m.as_mapping_get(key))
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    Ok(ManifestInfo {
+        name: get("name"),
+        version: get("version"),
+        description: get("description"),
+        author: get("author"),
+    })
+}
+
+/// The labels of an image: the Pkgfile's labels, then the standard ones.
+pub fn labels(
+    base: &BTreeMap<String, String>,
+    title: &str,
+    version: &str,
+    description: &str,
+    epoch: u64,
+) -> BTreeMap<String, String> {
+    let mut l = base.clone();
+    let mut put = |k: &str, v: &str| {
+        if !v.is_empty() {
+            l.insert(format!("org.opencontainers.image.{k}"), v.to_string());
+        }
+    };
+    put("title", title);
+    put("version", version);
+    put("description", description);
+    put("created", &rfc3339(epoch));
+    l
+}
+
+/// Packs the extension tree into `staging`; returns the manifest.
+pub fn write(
+    staging: &Layout,
+    tree: &Path,
+    platform: Platform,
+    labels: BTreeMap<String, String>,
+    compression: Compression,
+    epoch: u64,
+) -> Result<Descriptor, OutputError> {
+    let layer = write_entries(
+        staging,
+        &[(String::new(), PathBuf::from(tree))],
+        compression,
+        epoch,
+    )?;
+    let meta = ImageMeta {
+        labels,
+        created: epoch,
+    };
+    Ok(write_image(staging, platform, &[layer], &meta)?)
+}
