@@ -9,10 +9,12 @@ LINUX_SOURCE := /usr/src/linux-source-6.1.tar.xz
 # linux-source-6.1: the demo kernel's source. build-essential ... kmod: what
 # the demo's variant-host stages compile the kernel with. bubblewrap: the
 # sandbox. ccache: the kernel build's compiler cache. hyperfine: benchmarks.
-# Tests: umoci (OCI layouts), openssl (CMS cross-check), qemu-system-x86 and
-# busybox-static (the boot test).
+# Tests: umoci, skopeo, podman + runc and docker-registry (real clients and a
+# real registry for the image outputs), openssl (CMS cross-check),
+# qemu-system-x86 and busybox-static (the boot test). zstd: the pack benchmark.
 APT_PACKAGES := linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev kmod \
-                ccache bubblewrap hyperfine umoci openssl qemu-system-x86 busybox-static
+                ccache bubblewrap hyperfine umoci skopeo podman runc docker-registry zstd \
+                openssl qemu-system-x86 busybox-static
 
 # The demo kernel's source checksums come from the installed Debian package,
 # which changes when Debian updates it: computed here, never hard-coded.
@@ -55,12 +57,14 @@ test: setup
 
 # bench/build.sh: cold, no-op and touched-module builds of the demo tree.
 # bench/verify.sh: composer verify against grep and openssl on Debian's kernel.
+# bench/pack.sh: packing a ~500 MB module tree against tar | zstd and umoci.
 # Then loading + rendering both real corpora for both platforms (validate loads
 # every platform). No other tool to compare with runs here (bldr needs Go
 # modules from outside the reachable registries), so the report is absolute.
 bench: setup release
 	bench/build.sh $(COMPOSER)
 	bench/verify.sh $(COMPOSER)
+	bench/pack.sh $(COMPOSER)
 	hyperfine --warmup 3 --shell=none \
 	  -n 'siderolabs-pkgs: load + render, amd64 + arm64' \
 	  '$(COMPOSER) validate --root ../shared/corpus/siderolabs-pkgs' \

@@ -15,8 +15,28 @@ fn main() -> ExitCode {
             let inner = match &e {
                 CliError::User(e) | CliError::Internal(e) => e,
             };
-            eprintln!("error: {inner:#}");
+            eprintln!("error: {}", chain(inner));
             e.exit_code()
         }
     }
+}
+
+/// The error and its causes joined by `: `, leaving out a cause whose text
+/// the message before it already shows (errors that print `{path}:
+/// {source}` and also expose `source` as their cause).
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut last = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !last.is_empty() && last.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        last = text;
+    }
+    out
 }

@@ -65,9 +65,16 @@ pub fn run(_global: &Global, args: &PackArgs) -> CliResult {
         trees.push((args.platform, d.clone()));
     }
     for (_, d) in &trees {
-        if !d.is_dir() {
-            return Err(CliError::user(format!("{}: not a directory", d.display())));
+        match std::fs::metadata(d) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(CliError::user(format!("{}: not a directory", d.display()))),
+            Err(e) => return Err(CliError::user(format!("{}: {e}", d.display()))),
         }
+    }
+    if trees.len() > 1 && matches!(dest, ImageRef::DockerArchive { .. }) {
+        return Err(CliError::user(
+            "a docker-archive holds one platform's image; write several platforms as oci: or oci-archive:",
+        ));
     }
     let meta = ImageMeta {
         labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
@@ -83,10 +90,27 @@ pub fn run(_global: &Global, args: &PackArgs) -> CliResult {
     .filter(|p| !p.as_os_str().is_empty())
     .unwrap_or_else(|| PathBuf::from("."));
     let staging = Staging::new(&near).map_err(|e| CliError::User(e.into()))?;
+    // The destination and the staging area may lie inside a packed tree.
+    let exclude = [
+        staging.path().to_path_buf(),
+        match &dest {
+            ImageRef::Layout { dir, .. } => dir.clone(),
+            ImageRef::OciArchive { path, .. } | ImageRef::DockerArchive { path, .. } => {
+                path.clone()
+            }
+            ImageRef::Registry(_) => PathBuf::new(),
+        },
+    ];
     let mut manifests = Vec::new();
     for (platform, dir) in &trees {
-        let layer = layer::write_dir(&staging.layout, dir, args.compression, epoch)
-            .map_err(|e| CliError::User(e.into()))?;
+        let layer = layer::write_entries(
+            &staging.layout,
+            &[(String::new(), dir.clone())],
+            &exclude,
+            args.compression,
+            epoch,
+        )
+        .map_err(|e| CliError::User(e.into()))?;
         eprintln!(
             "{platform}: {} entries, layer {} ({} bytes)",
             layer.entries,
@@ -98,7 +122,7 @@ pub fn run(_global: &Global, args: &PackArgs) -> CliResult {
                 .map_err(|e| CliError::User(e.into()))?,
         );
     }
-    let top = if args.dir.is_some() && trees.len() == 1 {
+    let top = if trees.len() == 1 {
         manifests.remove(0)
     } else {
         write_index(&staging.layout, &manifests, &meta).map_err(|e| CliError::User(e.into()))?

@@ -112,6 +112,8 @@ pub enum BuildError {
     Input { stage: String, message: String },
     #[error("starting the signing session: {0}")]
     Session(String),
+    #[error("{0}")]
+    Rejected(String),
     #[error("{failed} of {total} stages failed; see above")]
     Several { failed: usize, total: usize },
 }
@@ -145,6 +147,14 @@ struct Planned<'d> {
     run: bool,
 }
 
+/// What the export gate sees: the targets' outputs, still in the cache
+/// (which stays locked), and the signing session's certificate.
+pub struct Built<'a> {
+    /// `(target, its output directory in the cache)`, in target order.
+    pub targets: &'a [(String, PathBuf)],
+    pub session_cert: Option<&'a str>,
+}
+
 /// Builds `plan`. `start_session` is called at most once, when a stage of
 /// the signing session has to run; `session_hooks` check and sign what a
 /// session stage produces.
@@ -154,6 +164,30 @@ pub fn build(
     opts: &Options,
     start_session: &mut dyn FnMut() -> Result<SessionCert, String>,
     session_hooks: Option<&dyn SessionHooks>,
+    on: &mut dyn FnMut(Progress),
+) -> Result<Summary, BuildError> {
+    build_gated(
+        defs,
+        plan,
+        opts,
+        start_session,
+        session_hooks,
+        &mut |_| Ok(()),
+        on,
+    )
+}
+
+/// [`build`], with a gate between the stages and the export: `gate` sees
+/// the targets' outputs before anything lands in the output directory,
+/// and when it fails nothing is exported (`BuildError::Rejected`). The
+/// outputs phase validates and packs images there.
+pub fn build_gated(
+    defs: &Definitions,
+    plan: &Plan,
+    opts: &Options,
+    start_session: &mut dyn FnMut() -> Result<SessionCert, String>,
+    session_hooks: Option<&dyn SessionHooks>,
+    gate: &mut dyn FnMut(&Built<'_>) -> Result<(), String>,
     on: &mut dyn FnMut(Progress),
 ) -> Result<Summary, BuildError> {
     let cache = Cache::open(&opts.cache_dir, &mut || {
@@ -402,6 +436,16 @@ pub fn build(
             summary.cached.push(name);
         }
     }
+    let cached: Vec<(String, PathBuf)> = plan
+        .targets
+        .iter()
+        .map(|t| (t.clone(), outputs[index[t.as_str()]].out()))
+        .collect();
+    gate(&Built {
+        targets: &cached,
+        session_cert: summary.session_cert.as_deref(),
+    })
+    .map_err(BuildError::Rejected)?;
     for target in &plan.targets {
         let i = index[target.as_str()];
         let path = export(&outputs[i], &opts.output, target)?;

@@ -20,5 +20,5 @@ pub mod sandbox;
 pub mod sources;
 pub mod stage;
 
-pub use build::{BuildError, Options, Progress, SessionCert, Summary, build};
+pub use build::{BuildError, Built, Options, Progress, SessionCert, Summary, build, build_gated};
 pub use stage::SessionHooks;

@@ -104,6 +104,8 @@ pub fn to_layout(
         io::copy(&mut r, &mut w).map_err(|e| r.explain(e, &from.blob_path(d.digest())))?;
         w.finish(Some(d.digest()))?;
     }
+    // The temp directory is composer's, not part of the layout format.
+    let _ = fs::remove_dir(dest.root().join("blobs/.tmp"));
     dest.set_tag(top, tag)?;
     Ok(dest)
 }

@@ -4,20 +4,15 @@
 //! labels and the tag from the manifest's version (the package's
 //! `VERSION` variable rendered through `manifest.yaml.tmpl`).
 //!
-//! This module only packs; the caller validates the tree first (see
-//! `output::pack`), so an extension that breaks a rule never becomes an
-//! image.
+//! This module reads the manifest and makes the labels; `output::pack`
+//! validates the tree and packs it, so an extension that breaks a rule
+//! never becomes an image.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-
-use oci_spec::image::Descriptor;
+use std::path::Path;
 
 use super::OutputError;
-use super::image::{ImageMeta, rfc3339, write_image};
-use super::layer::{Compression, write_entries};
-use crate::defs::Platform;
-use crate::oci::layout::Layout;
+use super::image::rfc3339;
 
 /// True when `tree` looks like an extension (a `manifest.yaml` file and a
 /// `rootfs/` directory at its root).
@@ -83,26 +78,4 @@ pub fn labels(
     put("description", description);
     put("created", &rfc3339(epoch));
     l
-}
-
-/// Packs the extension tree into `staging`; returns the manifest.
-pub fn write(
-    staging: &Layout,
-    tree: &Path,
-    platform: Platform,
-    labels: BTreeMap<String, String>,
-    compression: Compression,
-    epoch: u64,
-) -> Result<Descriptor, OutputError> {
-    let layer = write_entries(
-        staging,
-        &[(String::new(), PathBuf::from(tree))],
-        compression,
-        epoch,
-    )?;
-    let meta = ImageMeta {
-        labels,
-        created: epoch,
-    };
-    Ok(write_image(staging, platform, &[layer], &meta)?)
 }

@@ -107,6 +107,7 @@ pub fn write_dir(
     write_entries(
         layout,
         &[(String::new(), root.to_path_buf())],
+        &[],
         compression,
         epoch,
     )
@@ -114,14 +115,23 @@ pub fn write_dir(
 
 /// Writes several trees into one layer: each `(prefix, dir)` puts the
 /// contents of `dir` under `prefix` (`""` for the root). A prefix's parent
-/// directories are added as 0755 directories.
+/// directories are added as 0755 directories. Paths in `exclude` (and
+/// everything below them) are left out, and so is `layout` itself: an
+/// image written into the tree it packs never contains itself or
+/// composer's staging area.
 pub fn write_entries(
     layout: &Layout,
     trees: &[(String, PathBuf)],
+    exclude: &[PathBuf],
     compression: Compression,
     epoch: u64,
 ) -> Result<Layer, LayerError> {
-    let entries = collect(trees)?;
+    let mut excluded: Vec<PathBuf> = exclude
+        .iter()
+        .filter_map(|p| p.canonicalize().ok())
+        .collect();
+    excluded.extend(layout.root().canonicalize().ok());
+    let entries = collect(trees, &excluded)?;
     let blob = layout.blob_writer()?;
     let blob_path = layout.root().join("blobs/.tmp");
     let io_blob = |source: io::Error| LayerError::Io {
@@ -133,17 +143,17 @@ pub fn write_entries(
             let gz = flate2::GzBuilder::new()
                 .mtime(0)
                 .write(blob, flate2::Compression::new(GZIP_LEVEL));
-            let (gz, d, n) = write_tar(gz, &entries, epoch)?;
+            let (gz, d, n) = write_tar(gz, &entries, epoch, &blob_path)?;
             (gz.finish().map_err(io_blob)?, d, n)
         }
         Compression::Zstd => {
             let mut z = zstd::Encoder::new(blob, ZSTD_LEVEL).map_err(io_blob)?;
             let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
             z.multithread(workers.max(1)).map_err(io_blob)?;
-            let (z, d, n) = write_tar(z, &entries, epoch)?;
+            let (z, d, n) = write_tar(z, &entries, epoch, &blob_path)?;
             (z.finish().map_err(io_blob)?, d, n)
         }
-        Compression::None => write_tar(blob, &entries, epoch)?,
+        Compression::None => write_tar(blob, &entries, epoch, &blob_path)?,
     };
     let (digest, size) = blob.finish(None)?;
     Ok(Layer {
@@ -153,15 +163,20 @@ pub fn write_entries(
     })
 }
 
-/// Counts the bytes and hashes what goes through it (the diff ID).
+/// Hashes what goes through it (the diff ID) and remembers a failed
+/// write, so an error is blamed on the blob, not on the file being read.
 struct Hashing<W> {
     inner: W,
     hasher: Sha256,
+    write_failed: bool,
 }
 
 impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
+        let n = self
+            .inner
+            .write(buf)
+            .inspect_err(|_| self.write_failed = true)?;
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
@@ -171,7 +186,7 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 /// Sorted entries of all trees, with the parents of every prefix.
-fn collect(trees: &[(String, PathBuf)]) -> Result<Vec<Entry>, LayerError> {
+fn collect(trees: &[(String, PathBuf)], excluded: &[PathBuf]) -> Result<Vec<Entry>, LayerError> {
     let mut out: Vec<Entry> = Vec::new();
     for (prefix, dir) in trees {
         let prefix = prefix.trim_matches('/');
@@ -198,11 +213,31 @@ fn collect(trees: &[(String, PathBuf)]) -> Result<Vec<Entry>, LayerError> {
                 message: "not a directory".into(),
             });
         }
-        for e in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
+        let canon = dir.canonicalize().map_err(|source| LayerError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut walk = walkdir::WalkDir::new(dir)
+            .min_depth(1)
+            .follow_links(false)
+            .into_iter();
+        while let Some(e) = walk.next() {
             let e = e.map_err(|e| LayerError::Entry {
                 path: e.path().map_or_else(|| dir.clone(), Path::to_path_buf),
                 message: e.to_string(),
             })?;
+            if !excluded.is_empty() {
+                let rel = e
+                    .path()
+                    .strip_prefix(dir)
+                    .expect("walkdir yields paths under its root");
+                if excluded.iter().any(|x| *x == canon.join(rel)) {
+                    if e.file_type().is_dir() {
+                        walk.skip_current_dir();
+                    }
+                    continue;
+                }
+            }
             let rel = e
                 .path()
                 .strip_prefix(dir)
@@ -245,29 +280,60 @@ fn header(kind: tar::EntryType, mode: u32, epoch: u64) -> tar::Header {
     h
 }
 
+/// Writes the tar of `entries` into `out` (the blob at `blob`, maybe
+/// through a compressor); returns `out`, the diff ID and the entry count.
 fn write_tar<W: Write>(
     out: W,
     entries: &[Entry],
     epoch: u64,
+    blob: &Path,
 ) -> Result<(W, Digest, u64), LayerError> {
     let mut tar = tar::Builder::new(Hashing {
         inner: out,
         hasher: Sha256::new(),
+        write_failed: false,
     });
     tar.mode(tar::HeaderMode::Deterministic);
     let mut links: HashMap<(u64, u64), String> = HashMap::new();
     let mut count = 0u64;
     for e in entries {
+        count += 1;
+        if let Err(error) = append(&mut tar, e, epoch, &mut links) {
+            // A failed write is the blob's fault (disk full), not the entry's.
+            return Err(match error {
+                LayerError::Io { source, .. } if tar.get_ref().write_failed => LayerError::Io {
+                    path: blob.to_path_buf(),
+                    source,
+                },
+                other => other,
+            });
+        }
+    }
+    let hashing = tar.into_inner().map_err(|source| LayerError::Io {
+        path: blob.to_path_buf(),
+        source,
+    })?;
+    let diff_id = sha256_digest(&hex::encode(hashing.hasher.finalize()));
+    Ok((hashing.inner, diff_id, count))
+}
+
+/// Appends one entry.
+fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
+    e: &Entry,
+    epoch: u64,
+    links: &mut HashMap<(u64, u64), String>,
+) -> Result<(), LayerError> {
+    {
         let err = |source: io::Error| LayerError::Io {
             path: e.source.clone(),
             source,
         };
-        count += 1;
         if e.source.as_os_str().is_empty() {
             let mut h = header(tar::EntryType::Directory, 0o755, epoch);
             tar.append_data(&mut h, format!("{}/", e.name), io::empty())
                 .map_err(err)?;
-            continue;
+            return Ok(());
         }
         let meta = fs::symlink_metadata(&e.source).map_err(err)?;
         let ft = meta.file_type();
@@ -286,7 +352,7 @@ fn write_tar<W: Write>(
                 if let Some(first) = links.get(&key) {
                     let mut h = header(tar::EntryType::Link, mode, epoch);
                     tar.append_link(&mut h, &e.name, first).map_err(err)?;
-                    continue;
+                    return Ok(());
                 }
                 links.insert(key, e.name.clone());
             }
@@ -315,12 +381,7 @@ fn write_tar<W: Write>(
             });
         }
     }
-    let hashing = tar.into_inner().map_err(|source| LayerError::Io {
-        path: PathBuf::from("<layer>"),
-        source,
-    })?;
-    let diff_id = sha256_digest(&hex::encode(hashing.hasher.finalize()));
-    Ok((hashing.inner, diff_id, count))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -48,6 +48,11 @@ impl Staging {
         Ok(Staging { dir, layout })
     }
 
+    /// The staging directory (to keep it out of a tree being packed).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// A scratch directory inside the staging area (for assembled trees).
     pub fn scratch(&self, name: &str) -> std::path::PathBuf {
         self.dir.path().join(name)
