@@ -10,7 +10,9 @@ mod graph;
 mod pack;
 mod pending;
 mod render;
+mod rules;
 mod validate;
+mod validate_rootfs;
 mod verify;
 
 use std::io::IsTerminal;
@@ -122,6 +124,16 @@ pub enum Command {
         after_help = "Examples:\n  composer verify _out/hello-module --kernel _out/kernel/boot/vmlinuz\n  composer verify _out/hello-module --cert _out/kernel/boot/signing_key.x509\n  composer verify /lib/modules/$(uname -r) --cert cert.pem -q\n\nExit 1 when any module is unsigned, signed by another key, or changed after signing."
     )]
     Verify(verify::VerifyArgs),
+    /// Check a root filesystem, extension image or kmod image against the validation rules.
+    #[command(
+        after_help = "Examples:\n  composer validate-rootfs _out/hello-ext --cert _out/kernel/boot/signing_key.x509 --package hello\n  composer validate-rootfs _out/kernel --kind rootfs --rules fhs,no-secrets\n  composer validate-rootfs _out/hello-kmod --kind kmod --kernel _out/kernel/boot/vmlinuz\n  composer validate-rootfs ext/ --skip modules-depends --talos-version v1.9.0 --strict\n  composer validate-rootfs ext/ --json | jq '.findings[] | select(.rule == \"fhs\")'\n\nExit 1 on any error finding (with --strict, on any warning too). Rules: composer rules."
+    )]
+    ValidateRootfs(validate_rootfs::ValidateRootfsArgs),
+    /// List the validation rules: name, severity, kinds of tree, what each checks.
+    #[command(
+        after_help = "Examples:\n  composer rules\n  composer rules --list --json | jq -r '.[].name'"
+    )]
+    Rules(rules::RulesArgs),
     /// Inspect, prune or verify the build cache.
     #[command(
         after_help = "Examples:\n  composer cache ls\n  composer cache prune --older-than 7\n  composer cache verify --repair"
@@ -148,6 +160,8 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Cache(a) => cache::run(g, a),
         Command::Verify(a) => verify::run(g, a),
         Command::Pack(a) => pack::run(g, a),
+        Command::ValidateRootfs(a) => validate_rootfs::run(g, a),
+        Command::Rules(a) => rules::run(g, a),
         Command::ImageInstaller(a) => pending::run("image-installer", a),
     }
 }

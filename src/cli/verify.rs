@@ -29,42 +29,13 @@ pub struct VerifyArgs {
     pub quiet: bool,
 }
 
-/// Reads certificates from a PEM (one or more) or DER file.
-pub fn read_certs(path: &std::path::Path) -> Result<Vec<Trusted>, CliError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| CliError::user(format!("{}: {e}", path.display())))?;
-    let bad =
-        |e: String| CliError::user(format!("{}: not an X.509 certificate: {e}", path.display()));
-    if bytes.starts_with(b"-----BEGIN") {
-        let certs =
-            x509_cert::Certificate::load_pem_chain(&bytes).map_err(|e| bad(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(bad("no CERTIFICATE block".into()));
-        }
-        Ok(certs.into_iter().map(Trusted::new).collect())
-    } else {
-        Ok(vec![Trusted::from_der(&bytes).map_err(bad)?])
-    }
-}
-
 pub fn run(global: &Global, args: &VerifyArgs) -> CliResult {
     let mut trusted = Vec::new();
     for c in &args.certs {
-        trusted.extend(read_certs(c)?);
+        trusted.extend(Trusted::read_file(c).map_err(CliError::user)?);
     }
     if let Some(k) = &args.kernel {
-        let image =
-            std::fs::read(k).map_err(|e| CliError::user(format!("{}: {e}", k.display())))?;
-        let code = crate::sign::kernel_image::kernel_code(&image)
-            .map_err(|e| CliError::user(format!("{}: {e}", k.display())))?;
-        let certs = crate::sign::kernel_image::certificates(&code);
-        if certs.is_empty() {
-            return Err(CliError::user(format!(
-                "{}: no certificates built in: this kernel trusts no module key",
-                k.display()
-            )));
-        }
-        trusted.extend(certs.into_iter().map(|(c, _)| Trusted::new(c)));
+        trusted.extend(Trusted::read_kernel(k).map_err(CliError::user)?);
     }
     for p in &args.paths {
         if !p.exists() {

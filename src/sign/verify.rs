@@ -58,6 +58,39 @@ impl Trusted {
     pub fn subject(&self) -> String {
         self.cert.tbs_certificate.subject.to_string()
     }
+
+    /// Certificates from a file: PEM (one or more `CERTIFICATE` blocks)
+    /// or one DER certificate. The error names the file.
+    pub fn read_file(path: &std::path::Path) -> Result<Vec<Trusted>, String> {
+        let shown = path.display();
+        let bytes = std::fs::read(path).map_err(|e| format!("{shown}: {e}"))?;
+        let bad = |e: String| format!("{shown}: not an X.509 certificate: {e}");
+        if bytes.starts_with(b"-----BEGIN") {
+            let certs = Certificate::load_pem_chain(&bytes).map_err(|e| bad(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(bad("no CERTIFICATE block".into()));
+            }
+            Ok(certs.into_iter().map(Trusted::new).collect())
+        } else {
+            Ok(vec![Trusted::from_der(&bytes).map_err(bad)?])
+        }
+    }
+
+    /// The certificates built into a kernel image (bzImage, Image,
+    /// Image.gz): what that kernel trusts for modules. An image with none
+    /// is an error, since it trusts no module key.
+    pub fn read_kernel(path: &std::path::Path) -> Result<Vec<Trusted>, String> {
+        let shown = path.display();
+        let image = std::fs::read(path).map_err(|e| format!("{shown}: {e}"))?;
+        let code = super::kernel_image::kernel_code(&image).map_err(|e| format!("{shown}: {e}"))?;
+        let certs = super::kernel_image::certificates(&code);
+        if certs.is_empty() {
+            return Err(format!(
+                "{shown}: no certificates built in: this kernel trusts no module key"
+            ));
+        }
+        Ok(certs.into_iter().map(|(c, _)| Trusted::new(c)).collect())
+    }
 }
 
 /// What a good signature was made with.
