@@ -217,21 +217,29 @@ impl<'o> Client<'o> {
         if !self.opts.insecure && !loopback {
             return Err(self.tls_or_transport(err, "GET /v2/"));
         }
-        let http = self.raw(
-            Method::GET,
-            &format!("http://{}/v2/", self.registry),
-            &[],
-            None,
-        );
+        // A TLS server answers plain HTTP with a 400: only a registry's
+        // answer counts.
+        let http = self
+            .raw(
+                Method::GET,
+                &format!("http://{}/v2/", self.registry),
+                &[],
+                None,
+            )
+            .ok()
+            .filter(|r| {
+                matches!(r.status().as_u16(), 200 | 401)
+                    || r.headers().contains_key("docker-distribution-api-version")
+            });
         match http {
-            Ok(resp) if self.opts.insecure => {
+            Some(resp) if self.opts.insecure => {
                 self.base = format!("http://{}", self.registry);
                 Ok(resp)
             }
-            Ok(_) => Err(RegistryError::PlainHttp {
+            Some(_) => Err(RegistryError::PlainHttp {
                 registry: self.registry.clone(),
             }),
-            Err(_) => Err(self.tls_or_transport(err, "GET /v2/")),
+            None => Err(self.tls_or_transport(err, "GET /v2/")),
         }
     }
 

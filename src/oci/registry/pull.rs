@@ -73,7 +73,7 @@ pub fn pull(
                 platform: w.to_string(),
                 available: available(&index),
             })?;
-            let fetched = p.fetch_manifest(&child.digest().to_string(), Some(child.digest()))?;
+            let fetched = p.fetch_manifest(child.digest().as_ref(), Some(child.digest()))?;
             p.check_size(&fetched, child)?;
             p.store(&fetched, None, 1)?;
             let mut d = child.clone();
@@ -312,7 +312,7 @@ impl Puller<'_, '_> {
                 let index: ImageIndex = self.parse(f)?;
                 for child in index.manifests() {
                     let fetched =
-                        self.fetch_manifest(&child.digest().to_string(), Some(child.digest()))?;
+                        self.fetch_manifest(child.digest().as_ref(), Some(child.digest()))?;
                     self.check_size(&fetched, child)?;
                     self.store(&fetched, None, depth + 1)?;
                 }

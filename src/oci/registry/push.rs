@@ -216,7 +216,7 @@ impl Pusher<'_, '_> {
                 let index: ImageIndex = serde_json::from_slice(&bytes).map_err(invalid)?;
                 for child in index.manifests() {
                     if self.manifests_seen.insert(child.digest().clone()) {
-                        self.push_manifest(child, &child.digest().to_string(), depth + 1)?;
+                        self.push_manifest(child, child.digest().as_ref(), depth + 1)?;
                     }
                 }
             }
@@ -501,7 +501,7 @@ impl Pusher<'_, '_> {
 
     fn commit(&mut self, location: &str, digest: &Digest) -> Result<Step, RegistryError> {
         let sep = if location.contains('?') { '&' } else { '?' };
-        let url = format!("{location}{sep}digest={}", encode(&digest.to_string()));
+        let url = format!("{location}{sep}digest={}", encode(digest.as_ref()));
         let op = format!("commit blob {digest}");
         let resp = self.client.send(Method::PUT, &url, &[], Some(&[]), &op)?;
         if !resp.status().is_success() {
