@@ -11,8 +11,8 @@
 //!
 //! With a platform, an index yields that platform's manifest (the error
 //! lists the platforms it has); a single manifest's config must name that
-//! platform. Without one, the whole index is stored with every child.
-//! Storage order: blobs, then the manifest, then the index, then the tag.
+//! platform (checked before any layer is downloaded). Without one, the
+//! whole index is stored with every child. Storage order: blobs, then the manifest, then the index, then the tag.
 //!
 //! Retry policy: manifest requests and blob requests are retried on
 //! transport failures and 408/429/5xx answers (bounded, backoff); a blob
@@ -317,6 +317,9 @@ impl Puller<'_, '_> {
             Kind::Manifest => {
                 let manifest: ImageManifest = self.parse(f)?;
                 self.blob(manifest.config())?;
+                if let Some(w) = want {
+                    self.check_platform(manifest.config(), w)?;
+                }
                 for layer in manifest.layers() {
                     if layer.urls().as_ref().is_some_and(|u| !u.is_empty())
                         && ["foreign", "nondistributable"]
@@ -326,9 +329,6 @@ impl Puller<'_, '_> {
                         continue; // a foreign layer lives at its URLs
                     }
                     self.blob(layer)?;
-                }
-                if let Some(w) = want {
-                    self.check_platform(manifest.config(), w)?;
                 }
             }
         }
