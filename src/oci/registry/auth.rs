@@ -1,11 +1,13 @@
 //! Registry credentials: from [`RegistryOptions`] (username and password),
-//! else from the first credential file that has an entry for the registry.
+//! else from the first credential file that has an entry for the registry;
+//! and the `WWW-Authenticate` challenges that ask for them.
 //!
 //! Files searched, in order (like containers-auth.json(5), then Docker):
-//! `RegistryOptions::auth_file` alone when given; otherwise
-//! `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
-//! `$DOCKER_CONFIG/config.json` (or `~/.docker/config.json`). Missing
-//! files are skipped; a file that is not valid JSON is an error naming it.
+//! `RegistryOptions::auth_file` alone when given (it must be readable
+//! JSON); otherwise `$REGISTRY_AUTH_FILE`,
+//! `$XDG_RUNTIME_DIR/containers/auth.json`, `$DOCKER_CONFIG/config.json`
+//! (or `~/.docker/config.json`). Missing files are skipped; an unreadable
+//! one is skipped and named in the hint of an "unauthorized" error.
 //!
 //! An entry is `auths.<key>.auth`, base64 of `user:password`. Keys may carry
 //! a scheme and a `/v1/` or `/v2/` suffix (`https://index.docker.io/v1/`)
@@ -59,6 +61,8 @@ pub(crate) enum Lookup {
     NotFound {
         searched: Vec<PathBuf>,
         helper: Option<String>,
+        /// Credential files that could not be read, with why.
+        problems: Vec<String>,
     },
 }
 
@@ -87,7 +91,11 @@ impl Lookup {
                 "the registry rejected the credentials of `{}` (from {source}); check them or log in again",
                 credentials.username
             ),
-            Lookup::NotFound { searched, helper } => {
+            Lookup::NotFound {
+                searched,
+                helper,
+                problems,
+            } => {
                 let mut s = format!(
                     "no credentials for {registry}: pass --username and --password, or log in with `skopeo login {registry}` (searched: {})",
                     if searched.is_empty() {
@@ -104,6 +112,9 @@ impl Lookup {
                     s.push_str(&format!(
                         "; credential helper `{h}` is configured but not supported, so pass the credentials directly"
                     ));
+                }
+                for p in problems {
+                    s.push_str(&format!("; skipped {p}"));
                 }
                 s
             }
@@ -148,8 +159,19 @@ fn lookup_with_env(
         Some(f) => vec![f.clone()],
         None => search_paths(env),
     };
-    let mut searched = Vec::new();
-    let mut helper = None;
+    let (mut searched, mut helper, mut problems) = (Vec::new(), None, Vec::new());
+    // A file named by the options must be usable; a broken file found by
+    // searching only matters if the registry asks for credentials.
+    let mut problem = |message: String| match &opts.auth_file {
+        Some(_) => Err(RegistryError::Credentials {
+            registry: registry.into(),
+            message,
+        }),
+        None => {
+            problems.push(message);
+            Ok(())
+        }
+    };
     for file in files {
         let bytes = match std::fs::read(&file) {
             Ok(b) => b,
@@ -157,19 +179,18 @@ fn lookup_with_env(
                 continue;
             }
             Err(e) => {
-                return Err(RegistryError::Credentials {
-                    registry: registry.into(),
-                    message: format!("{}: {e}", file.display()),
-                });
+                problem(format!("{}: {e}", file.display()))?;
+                continue;
             }
         };
         searched.push(file.clone());
-        let entry = from_file(&bytes, registry, repository).map_err(|message| {
-            RegistryError::Credentials {
-                registry: registry.into(),
-                message: format!("{}: {message}", file.display()),
+        let entry = match from_file(&bytes, registry, repository) {
+            Ok(entry) => entry,
+            Err(message) => {
+                problem(format!("{}: {message}", file.display()))?;
+                continue;
             }
-        })?;
+        };
         match entry {
             FileEntry::Credentials(credentials) => {
                 return Ok(Lookup::Found {
@@ -181,7 +202,11 @@ fn lookup_with_env(
             FileEntry::None => {}
         }
     }
-    Ok(Lookup::NotFound { searched, helper })
+    Ok(Lookup::NotFound {
+        searched,
+        helper,
+        problems,
+    })
 }
 
 /// The credential files to search when none is given, in order.
@@ -293,6 +318,72 @@ fn key_matches(key: &str, registry: &str, repository: &str) -> Option<usize> {
             .strip_prefix(path.as_str())
             .is_some_and(|rest| rest.starts_with('/'));
     under.then_some(path.len())
+}
+
+/// A parsed `WWW-Authenticate` challenge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Challenge {
+    /// Lowercase: `basic` or `bearer`.
+    pub scheme: String,
+    pub params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses `Bearer realm="https://auth",service="reg",scope="repository:a:pull"`.
+pub(crate) fn parse_challenge(header: &str) -> Option<Challenge> {
+    let header = header.trim();
+    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+    if scheme.is_empty() {
+        return None;
+    }
+    let mut params = Vec::new();
+    let mut s = rest.trim();
+    while !s.is_empty() {
+        let (key, after) = s.split_once('=')?;
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, n)) = chars.next() {
+                            value.push(n);
+                        }
+                    }
+                    '"' => {
+                        end = Some(i + 1);
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            (value, &quoted[end?..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim().to_string(), &after[end..])
+        };
+        params.push((key, value));
+        s = next.trim_start().trim_start_matches(',').trim_start();
+    }
+    Some(Challenge {
+        scheme: scheme.to_ascii_lowercase(),
+        params,
+    })
 }
 
 /// Whether `host` (`name[:port]`) is this machine.
@@ -421,6 +512,36 @@ mod tests {
             e.contains("auth.json") && e.contains("not valid JSON"),
             "{e}"
         );
+        // Found by searching, it only shows when credentials are needed.
+        let env =
+            |k: &str| (k == "REGISTRY_AUTH_FILE").then(|| dir.path().join("auth.json").into());
+        let opts = RegistryOptions::default();
+        let hint = lookup_with_env("h:1", "x", &opts, &env)
+            .unwrap()
+            .hint("h:1", 401);
+        assert!(
+            hint.contains("skipped") && hint.contains("not valid JSON"),
+            "{hint}"
+        );
+    }
+
+    #[test]
+    fn bearer_challenge_parameters_are_parsed() {
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(c.scheme, "bearer");
+        assert_eq!(c.param("realm"), Some("https://auth.example/token"));
+        assert_eq!(c.param("service"), Some("registry.example"));
+        assert_eq!(c.param("scope"), Some("repository:a/b:pull,push"));
+        let c = parse_challenge(r#"Basic realm="x \"y\"", charset=UTF-8"#).unwrap();
+        assert_eq!(
+            (c.scheme.as_str(), c.param("realm")),
+            ("basic", Some("x \"y\""))
+        );
+        assert_eq!(c.param("charset"), Some("UTF-8"));
+        assert_eq!(parse_challenge("Basic").unwrap().params, vec![]);
     }
 
     #[test]

@@ -26,77 +26,11 @@ use ureq::config::AutoHeaderValue;
 use ureq::http::{self, Method, Response};
 use zeroize::Zeroizing;
 
-use super::auth::{self, Lookup, is_loopback};
+use super::auth::{self, Challenge, Lookup, is_loopback, parse_challenge};
 use super::{RegistryError, RegistryOptions, RemoteError};
 use crate::oci::reference::RegistryRef;
 
 type Body = ureq::Body;
-
-/// A parsed `WWW-Authenticate` challenge.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Challenge {
-    /// Lowercase: `basic` or `bearer`.
-    pub scheme: String,
-    pub params: Vec<(String, String)>,
-}
-
-impl Challenge {
-    pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Parses `Bearer realm="https://auth",service="reg",scope="repository:a:pull"`.
-pub(crate) fn parse_challenge(header: &str) -> Option<Challenge> {
-    let header = header.trim();
-    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
-    if scheme.is_empty() {
-        return None;
-    }
-    let mut params = Vec::new();
-    let mut s = rest.trim();
-    while !s.is_empty() {
-        let (key, after) = s.split_once('=')?;
-        let key = key
-            .trim()
-            .trim_start_matches(',')
-            .trim()
-            .to_ascii_lowercase();
-        let after = after.trim_start();
-        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
-            let mut value = String::new();
-            let mut chars = quoted.char_indices();
-            let mut end = None;
-            while let Some((i, c)) = chars.next() {
-                match c {
-                    '\\' => {
-                        if let Some((_, n)) = chars.next() {
-                            value.push(n);
-                        }
-                    }
-                    '"' => {
-                        end = Some(i + 1);
-                        break;
-                    }
-                    c => value.push(c),
-                }
-            }
-            (value, &quoted[end?..])
-        } else {
-            let end = after.find(',').unwrap_or(after.len());
-            (after[..end].trim().to_string(), &after[end..])
-        };
-        params.push((key, value));
-        s = next.trim_start().trim_start_matches(',').trim_start();
-    }
-    Some(Challenge {
-        scheme: scheme.to_ascii_lowercase(),
-        params,
-    })
-}
 
 /// Percent-encodes a query value.
 pub(crate) fn encode(s: &str) -> String {
@@ -598,25 +532,6 @@ pub(crate) fn parse_errors(body: &[u8]) -> Vec<RemoteError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bearer_challenge_parameters_are_parsed() {
-        let c = parse_challenge(
-            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
-        )
-        .unwrap();
-        assert_eq!(c.scheme, "bearer");
-        assert_eq!(c.param("realm"), Some("https://auth.example/token"));
-        assert_eq!(c.param("service"), Some("registry.example"));
-        assert_eq!(c.param("scope"), Some("repository:a/b:pull,push"));
-        let c = parse_challenge(r#"Basic realm="x \"y\"", charset=UTF-8"#).unwrap();
-        assert_eq!(
-            (c.scheme.as_str(), c.param("realm")),
-            ("basic", Some("x \"y\""))
-        );
-        assert_eq!(c.param("charset"), Some("UTF-8"));
-        assert_eq!(parse_challenge("Basic").unwrap().params, vec![]);
-    }
 
     #[test]
     fn registry_error_bodies_are_decoded() {

@@ -169,9 +169,10 @@ pub enum PullEvent {
         size: u64,
     },
     /// A download failed and is retried, resuming at `offset` when the
-    /// registry honours ranges.
+    /// registry honours ranges. `digest` is `None` for a manifest asked
+    /// for by tag.
     Retry {
-        digest: Digest,
+        digest: Option<Digest>,
         offset: u64,
         attempt: u32,
         reason: String,

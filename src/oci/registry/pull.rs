@@ -11,8 +11,8 @@
 //!
 //! With a platform, an index yields that platform's manifest (the error
 //! lists the platforms it has); a single manifest's config must name that
-//! platform. Without one, the whole index is stored with every child.
-//! Storage order: blobs, then the manifest, then the index, then the tag.
+//! platform (checked before any layer is downloaded). Without one, the
+//! whole index is stored with every child. Storage order: blobs, then the manifest, then the index, then the tag.
 //!
 //! Retry policy: manifest requests and blob requests are retried on
 //! transport failures and 408/429/5xx answers (bounded, backoff); a blob
@@ -219,9 +219,6 @@ impl Puller<'_, '_> {
         let url = self.client.url(&format!("/manifests/{reference}"));
         let op = format!("GET manifest {reference}");
         let progress = self.progress;
-        let retry_digest = expected
-            .cloned()
-            .unwrap_or_else(|| sha256_digest(&"0".repeat(64)));
         let mut resp = self.client.send_retrying(
             Method::GET,
             &url,
@@ -230,7 +227,7 @@ impl Puller<'_, '_> {
             &op,
             &|attempt, e| {
                 progress(PullEvent::Retry {
-                    digest: retry_digest.clone(),
+                    digest: expected.cloned(),
                     offset: 0,
                     attempt,
                     reason: e.to_string(),
@@ -320,6 +317,9 @@ impl Puller<'_, '_> {
             Kind::Manifest => {
                 let manifest: ImageManifest = self.parse(f)?;
                 self.blob(manifest.config())?;
+                if let Some(w) = want {
+                    self.check_platform(manifest.config(), w)?;
+                }
                 for layer in manifest.layers() {
                     if layer.urls().as_ref().is_some_and(|u| !u.is_empty())
                         && ["foreign", "nondistributable"]
@@ -329,9 +329,6 @@ impl Puller<'_, '_> {
                         continue; // a foreign layer lives at its URLs
                     }
                     self.blob(layer)?;
-                }
-                if let Some(w) = want {
-                    self.check_platform(manifest.config(), w)?;
                 }
             }
         }
@@ -405,17 +402,34 @@ impl Puller<'_, '_> {
             };
             let err = match self.client.send(Method::GET, &url, &headers, None, &op) {
                 Ok(resp) => match resp.status().as_u16() {
-                    200 | 206 => {
-                        if resp.status().as_u16() == 200 && have > 0 {
+                    status @ (200 | 206) => {
+                        let start = header(&resp, "content-range").and_then(range_start);
+                        let continues = status == 206 && start == Some(have);
+                        if have > 0 && !continues {
+                            // The whole blob, or a range we did not ask for.
                             writer = self
                                 .dest
                                 .blob_writer()
                                 .map_err(layout_err(format!("storing blob {digest}")))?;
                         }
-                        match self.copy(resp.into_body().into_reader(), &mut writer, &digest, size)
-                        {
-                            Ok(()) => break,
-                            Err(e) => e,
+                        if status == 206 && !continues {
+                            RegistryError::Transport {
+                                reference: at.clone(),
+                                operation: op.clone(),
+                                message: format!(
+                                    "asked for bytes from {have}, got a range from {start:?}"
+                                ),
+                            }
+                        } else {
+                            match self.copy(
+                                resp.into_body().into_reader(),
+                                &mut writer,
+                                &digest,
+                                size,
+                            ) {
+                                Ok(()) => break,
+                                Err(e) => e,
+                            }
                         }
                     }
                     _ => self.client.fail(resp, &op),
@@ -434,7 +448,7 @@ impl Puller<'_, '_> {
                 });
             }
             (self.progress)(PullEvent::Retry {
-                digest: digest.clone(),
+                digest: Some(digest.clone()),
                 offset: writer.size(),
                 attempt: failures,
                 reason: err.to_string(),
@@ -493,11 +507,13 @@ impl Puller<'_, '_> {
                 }
             };
             if writer.size() + n as u64 > size {
-                return Err(RegistryError::DigestMismatch {
-                    reference: at.to_string(),
-                    what: "blob".into(),
-                    expected: digest.to_string(),
-                    actual: format!("unknown (more than the {size} bytes of its descriptor)"),
+                return Err(RegistryError::Layout {
+                    context: format!("{at}: GET blob {digest}"),
+                    source: LayoutError::SizeMismatch {
+                        digest: digest.to_string(),
+                        expected: size,
+                        actual: writer.size() + n as u64,
+                    },
                 });
             }
             writer
@@ -519,6 +535,13 @@ impl Puller<'_, '_> {
             }
         }
     }
+}
+
+/// The first byte of `Content-Range: bytes <start>-<end>/<size>`.
+fn range_start(value: &str) -> Option<u64> {
+    let v = value.trim();
+    let v = v.strip_prefix("bytes").unwrap_or(v).trim_start();
+    v.split('-').next()?.trim().parse().ok()
 }
 
 /// The media type of a manifest: the `Content-Type`, unless generic, else
@@ -591,6 +614,12 @@ mod tests {
         assert_eq!(available(&idx), "linux/amd64, linux/arm/v7, linux/arm64/v8");
         assert!(PlatformSpec::parse("linux").is_err());
         assert!(PlatformSpec::parse("linux//v7").is_err());
+    }
+
+    #[test]
+    fn content_range_start_is_read() {
+        assert_eq!(range_start("bytes 1048576-5242879/5242880"), Some(1 << 20));
+        assert_eq!(range_start("bytes */100"), None);
     }
 
     #[test]

@@ -21,6 +21,9 @@
 //! `BLOB_UPLOAD_INVALID`, 416, a digest mismatch after a resume) restarts
 //! the blob from byte 0. Both are bounded by [`RegistryOptions::retries`]:
 //! consecutive failures without progress, and restarts per blob.
+//! Registries whose upload locations carry the upload's state (like
+//! docker-registry's `_state`) refuse a session once a `PATCH` broke, or
+//! once its answer was lost: there a resume is a restart.
 
 use std::collections::HashSet;
 use std::fs::File;
