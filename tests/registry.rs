@@ -8,131 +8,18 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
+use common::registry::{PASSWORD, Registry, USER};
 use common::sh;
 use composer::oci::Layout;
-use composer::oci::reference::{RegistryRef, parse_registry};
+use composer::oci::reference::parse_registry;
 use composer::oci::registry::{self, PullEvent, PushEvent, RegistryError, RegistryOptions};
 use sha2::{Digest as _, Sha256};
-use tempfile::TempDir;
-
-/// `composer:s3cret-pw`, bcrypt, made with
-/// `perl -e 'print crypt("s3cret-pw", q($2b$05$) . "abcdefghijklmnopqrstuu")'`.
-const HTPASSWD: &str = "composer:$2b$05$abcdefghijklmnopqrstuuzSvhclVSvY9ufOheOOhcPviTPFJlqIC";
-const USER: &str = "composer";
-const PASSWORD: &str = "s3cret-pw";
-
-/// A `docker-registry` on a free 127.0.0.1 port, killed when dropped.
-struct Registry {
-    port: u16,
-    child: Child,
-    dir: TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        Registry::start_with(false, false)
-    }
-
-    /// With `htpasswd`, the registry wants [`USER`] and [`PASSWORD`]; with
-    /// `tls`, it serves HTTPS only, with a self-signed certificate.
-    fn start_with(htpasswd: bool, tls: bool) -> Registry {
-        for _ in 0..5 {
-            let dir = tempfile::tempdir().unwrap();
-            let port = free_port();
-            let mut config = format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
-                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: 127.0.0.1:{port}\n  secret: composer-test\n",
-                dir.path().join("data").display()
-            );
-            if tls {
-                let key =
-                    rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-                std::fs::write(dir.path().join("cert.pem"), key.cert.pem()).unwrap();
-                std::fs::write(dir.path().join("key.pem"), key.signing_key.serialize_pem())
-                    .unwrap();
-                config.push_str(&format!(
-                    "  tls:\n    certificate: {}\n    key: {}\n",
-                    dir.path().join("cert.pem").display(),
-                    dir.path().join("key.pem").display()
-                ));
-            }
-            if htpasswd {
-                std::fs::write(dir.path().join("htpasswd"), format!("{HTPASSWD}\n")).unwrap();
-                config.push_str(&format!(
-                    "auth:\n  htpasswd:\n    realm: composer-test\n    path: {}\n",
-                    dir.path().join("htpasswd").display()
-                ));
-            }
-            std::fs::write(dir.path().join("config.yml"), config).unwrap();
-            let log = std::fs::File::create(dir.path().join("log")).unwrap();
-            let child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(dir.path().join("config.yml"))
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("docker-registry (Debian package docker-registry) runs");
-            let mut reg = Registry { port, child, dir };
-            if reg.wait_ready() {
-                return reg;
-            }
-        }
-        panic!("docker-registry did not start on five ports");
-    }
-
-    /// Waits until `/v2/` answers; `false` when the registry exited (a
-    /// port taken in the meantime).
-    fn wait_ready(&mut self) -> bool {
-        for _ in 0..1000 {
-            if self.child.try_wait().unwrap().is_some() {
-                return false;
-            }
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
-                let mut head = [0u8; 12];
-                if s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") {
-                    return true;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("docker-registry never answered: {}", self.log());
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn reference(&self, repo_tag: &str) -> RegistryRef {
-        parse_registry(&format!("{}/{repo_tag}", self.addr())).unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Options for tests: plain HTTP, quick retries, no credential file of
 /// the machine.

@@ -59,6 +59,8 @@ pub struct BuildArgs {
     #[arg(long)]
     pub sign_in_tree: bool,
     #[command(flatten)]
+    pub images: super::images::ImageArgs,
+    #[command(flatten)]
     pub opts: RenderOpts,
 }
 
@@ -137,12 +139,32 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
         in_tree: args.sign_in_tree,
     };
     let mut view = View::new(global.verbose);
-    let result = exec::build(
+    let image_epoch = epoch.unwrap_or(0).max(0) as u64;
+    let mut pending = None;
+    // Images are validated and packed while the outputs are still in the
+    // cache: when a rule fails, nothing is exported, written or pushed.
+    let mut gate = |built: &exec::Built<'_>| -> Result<(), String> {
+        let secrets = session
+            .get()
+            .map(Session::secret_patterns_for_audit)
+            .unwrap_or_default();
+        pending = Some(super::images::gate(
+            &args.images,
+            &defs,
+            &args.output,
+            image_epoch,
+            secrets,
+            built,
+        )?);
+        Ok(())
+    };
+    let result = exec::build_gated(
         &defs,
         &plan,
         &opts,
         &mut start_session,
         Some(&hooks),
+        &mut gate,
         &mut |p| view.show(p),
     );
     view.clear();
@@ -157,6 +179,9 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
     );
     for (target, path) in &summary.outputs {
         println!("{target}\t{}", path.display());
+    }
+    if let Some(pending) = pending {
+        super::images::publish(&args.images, pending, &args.output, image_epoch)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@ mod build;
 mod cache;
 mod eval;
 mod graph;
+mod images;
 mod pack;
 mod pending;
 mod render;
@@ -116,7 +117,7 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Build targets in sandboxes, with a content-addressed cache; each target's filesystem lands in _out/<target>/.
     #[command(
-        after_help = "Examples:\n  composer build kernel hello-module\n  composer build kernel --build-arg LINUX_SOURCE_SHA256=... --build-arg LINUX_SOURCE_SHA512=...\n  composer build -v hello-module            # explain every cache miss\n  composer build --offline --source-mirror /srv/sources hailort-pkg\n\nLogs: _out/logs/<stage>/<step>-<phase>.log. Needs bubblewrap (apt-get install bubblewrap)."
+        after_help = "Examples:\n  composer build kernel hello-module\n  composer build kernel --build-arg LINUX_SOURCE_SHA256=... --build-arg LINUX_SOURCE_SHA512=...\n  composer build -v hello-module            # explain every cache miss\n  composer build --offline --source-mirror /srv/sources hailort-pkg\n  composer build kernel hello-module hello          # + _out/images/hello, the extension image (validated)\n  composer build hello-module --format kmm          # a KMM kmod image in _out/images/hello-module\n  composer build hello --push 127.0.0.1:5000/composer --insecure\n\nLogs: _out/logs/<stage>/<step>-<phase>.log. Needs bubblewrap (apt-get install bubblewrap)."
     )]
     Build(build::BuildArgs),
     /// Check that every kernel module is signed by a trusted key (cryptographically).

@@ -6,6 +6,7 @@
 //!   `docker-archive` tarball (the `docker save` format).
 //! - `extension`: Talos system extension images.
 //! - `kmod`: Kernel Module Management kmod images.
+//! - `pack`: a built stage to a validated image (rules first, then blobs).
 //! - `publish`: staging, and writing an image to its destination.
 //!
 //! Every writer is reproducible: the same input tree and epoch give the
@@ -16,6 +17,7 @@ pub mod extension;
 pub mod image;
 pub mod kmod;
 pub mod layer;
+pub mod pack;
 pub mod publish;
 
 use std::io;
@@ -46,4 +48,19 @@ pub enum OutputError {
     Archive(#[from] ArchiveError),
     #[error(transparent)]
     Layout(#[from] crate::oci::LayoutError),
+    /// Error-severity findings: the image was not written.
+    #[error("{target}: {} — no image written\n{}", report.summary(), findings(report))]
+    Rules {
+        target: String,
+        report: crate::validate::Report,
+    },
+}
+
+fn findings(report: &crate::validate::Report) -> String {
+    report
+        .findings
+        .iter()
+        .map(|f| format!("  {f}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -1,6 +1,8 @@
 //! Shared by the integration tests: a tree of files in a fresh temporary
 //! directory, and running the real `composer` binary on it.
 
+pub mod registry;
+
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -1,0 +1,220 @@
+//! The image part of `composer build`: which targets become images, the
+//! gate that validates and packs them before anything is exported, and
+//! writing/pushing them afterwards. Argument handling and printing only;
+//! the work is `output::pack`, `output::publish` and `oci::registry`.
+
+use std::path::Path;
+
+use clap::Args;
+
+use super::CliError;
+use crate::defs::Definitions;
+use crate::oci::reference::{ImageRef, parse_registry};
+use crate::oci::registry::{self, PushEvent, RegistryOptions};
+use crate::output::Compression;
+use crate::output::extension::is_extension;
+use crate::output::pack::{ImageKind, Packed, Request, pack};
+use crate::output::publish::write_local;
+use crate::sign::verify::Trusted;
+use crate::validate::{Context, Kind, Selection};
+
+#[derive(Args, Debug)]
+pub struct ImageArgs {
+    /// What targets become besides their filesystem: `auto` (system
+    /// extensions — outputs holding manifest.yaml and rootfs/ — become
+    /// extension images), `rootfs` (filesystems only) or `kmm` (each
+    /// target's modules as a Kernel Module Management kmod image).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "rootfs", "kmm"])]
+    pub format: String,
+    /// KMM images: add /opt/lib/modules/<release>/host -> /lib/modules/<release>
+    /// so modprobe finds in-tree dependencies on the node.
+    #[arg(long)]
+    pub kmm_host_link: bool,
+    /// How images are written: `oci` (OUTPUT/images/<target>/, an OCI
+    /// layout), `oci-archive` (OUTPUT/images/<target>.oci.tar) or
+    /// `docker-archive` (OUTPUT/images/<target>.docker.tar, for docker/podman load).
+    #[arg(long, default_value = "oci", value_parser = ["oci", "oci-archive", "docker-archive"])]
+    pub image_format: String,
+    /// Layer compression: gzip (default), zstd or none.
+    #[arg(long, default_value = "gzip")]
+    pub compression: Compression,
+    /// Also push every image to REGISTRY/PATH/<target>:<tag>
+    /// (credentials: ~/.docker/config.json or $REGISTRY_AUTH_FILE).
+    #[arg(long, value_name = "REGISTRY/PATH")]
+    pub push: Option<String>,
+    /// Allow plain HTTP to the registry (loopback test registries).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Do not run this validation rule (`composer rules` lists them). Repeatable.
+    #[arg(long = "skip-rule", value_name = "RULE")]
+    pub skip_rules: Vec<String>,
+}
+
+/// Validated images waiting for the export.
+pub struct Pending {
+    pub packed: Vec<(String, Packed)>,
+}
+
+fn kind_for(args: &ImageArgs, tree: &Path) -> Option<ImageKind> {
+    match args.format.as_str() {
+        "rootfs" => None,
+        "kmm" => Some(ImageKind::Kmm {
+            host_link: args.kmm_host_link,
+        }),
+        _ => is_extension(tree).then_some(ImageKind::Extension),
+    }
+}
+
+/// The gate: validates and packs every target that becomes an image;
+/// fails (with every finding) when any breaks a rule.
+pub fn gate(
+    args: &ImageArgs,
+    defs: &Definitions,
+    output: &Path,
+    epoch: u64,
+    secrets: Vec<zeroize::Zeroizing<Vec<u8>>>,
+    built: &crate::exec::Built<'_>,
+) -> Result<Pending, String> {
+    if let Some(p) = &args.push {
+        parse_registry(p).map_err(|e| format!("--push {p}: {e}"))?;
+    }
+    let trusted: Vec<Trusted> = match built.session_cert {
+        Some(pem) => x509_cert::Certificate::load_pem_chain(pem.as_bytes())
+            .map_err(|e| format!("the session certificate: {e}"))?
+            .into_iter()
+            .map(Trusted::new)
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut packed = Vec::new();
+    let mut failures = Vec::new();
+    for (target, tree) in built.targets {
+        let Some(kind) = kind_for(args, tree) else {
+            continue;
+        };
+        let labels = defs
+            .find(target)
+            .map(|p| defs.roots[p.root].pkgfile.labels.clone())
+            .unwrap_or_default();
+        let req = Request {
+            target,
+            tree,
+            kind,
+            platform: defs.platform,
+            labels,
+            compression: args.compression,
+            epoch,
+            context: Context {
+                kind: Kind::Rootfs,
+                package: None,
+                trusted: trusted.clone(),
+                allow_in_tree_deps: false,
+                secret_patterns: secrets.clone(),
+                talos_version: None,
+            },
+            selection: Selection {
+                only: Vec::new(),
+                skip: args.skip_rules.clone(),
+            },
+        };
+        match pack(req, output) {
+            Ok(p) => {
+                for w in p.report.warnings() {
+                    eprintln!("{target}: {w}");
+                }
+                packed.push((target.clone(), p));
+            }
+            Err(e) => failures.push(format!("{target}: {e}")),
+        }
+    }
+    if !failures.is_empty() {
+        return Err(format!(
+            "no output written: {} image(s) failed validation or packing\n{}",
+            failures.len(),
+            failures.join("\n")
+        ));
+    }
+    Ok(Pending { packed })
+}
+
+/// Writes the validated images and pushes them when asked.
+pub fn publish(
+    args: &ImageArgs,
+    pending: Pending,
+    output: &Path,
+    epoch: u64,
+) -> Result<(), CliError> {
+    let images = output.join("images");
+    for (target, p) in pending.packed {
+        let dest: ImageRef = match args.image_format.as_str() {
+            "oci-archive" => ImageRef::OciArchive {
+                path: images.join(format!("{target}.oci.tar")),
+                tag: None,
+            },
+            "docker-archive" => ImageRef::DockerArchive {
+                path: images.join(format!("{target}.docker.tar")),
+                name: None,
+            },
+            _ => ImageRef::Layout {
+                dir: images.join(&target),
+                tag: None,
+            },
+        };
+        let done =
+            write_local(&p.staging.layout, &p.top, &dest, &target, &p.tag, epoch).map_err(|e| {
+                CliError::User(
+                    anyhow::Error::new(e).context(format!("writing the image of {target}")),
+                )
+            })?;
+        println!("{target}\timage\t{}\t{}", done.destination, done.digest);
+        if let Some(prefix) = &args.push {
+            let reference = parse_registry(&format!(
+                "{}/{target}:{}",
+                prefix.trim_end_matches('/'),
+                p.tag
+            ))
+            .map_err(|e| CliError::user(format!("--push: {e}")))?;
+            p.staging
+                .layout
+                .set_tag(&p.top, &p.tag)
+                .map_err(|e| CliError::User(e.into()))?;
+            let opts = RegistryOptions {
+                insecure: args.insecure,
+                ..RegistryOptions::default()
+            };
+            let pushed = registry::push(&p.staging.layout, Some(&p.tag), &reference, &opts, &|e| {
+                push_progress(&target, &e)
+            })
+            .map_err(|e| {
+                CliError::User(anyhow::Error::new(e).context(format!("pushing {reference}")))
+            })?;
+            println!("{target}\tpushed\t{reference}\t{}", pushed.digest);
+        }
+    }
+    Ok(())
+}
+
+fn push_progress(target: &str, e: &PushEvent) {
+    let short = |d: &oci_spec::image::Digest| d.digest().chars().take(12).collect::<String>();
+    match e {
+        PushEvent::BlobExists { digest, .. } => {
+            eprintln!("{target}: blob {} already in the registry", short(digest))
+        }
+        PushEvent::BlobDone { digest, size } => {
+            eprintln!("{target}: blob {} uploaded ({size} bytes)", short(digest))
+        }
+        PushEvent::Retry {
+            digest,
+            offset,
+            attempt,
+            reason,
+        } => eprintln!(
+            "{target}: blob {}: {reason}; retry {attempt} from byte {offset}",
+            short(digest)
+        ),
+        PushEvent::ManifestPushed { reference, .. } => {
+            eprintln!("{target}: manifest stored as {reference}")
+        }
+        PushEvent::BlobStarted { .. } | PushEvent::BlobProgress { .. } => {}
+    }
+}
