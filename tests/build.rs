@@ -641,17 +641,66 @@ finalize:
     assert!(e.contains("i: cached"), "{e}");
 }
 
+const IMAGE_STAGE: &str = r#"name: i
+variant: scratch
+shell: /bin/sh
+dependencies:
+  - image: IMAGE
+steps:
+  - install:
+      - mkdir -p /o && ls /etc > /o/etc && ls /data > /o/data
+finalize:
+  - from: /o
+    to: /
+"#;
+
 #[test]
-fn a_registry_image_dependency_is_refused_with_a_hint() {
-    let d = project(&[(
-        "r/pkg.yaml",
-        "name: r\nvariant: scratch\ndependencies:\n  - image: ghcr.io/siderolabs/tools:v1\nfinalize:\n  - from: /\n    to: /\n",
-    )]);
-    let e = failed(&build(d.path(), &["r"]));
-    assert!(
-        e.contains("skopeo copy docker://ghcr.io/siderolabs/tools:v1 oci:"),
-        "{e}"
+fn image_dependencies_come_from_a_registry_and_from_archives() {
+    let registry = common::registry::Registry::start();
+    let reference = format!("{}/tools/busybox:v1", registry.addr());
+    let d = project(&[("i/pkg.yaml", &IMAGE_STAGE.replace("IMAGE", &reference))]);
+    busybox_layout(d.path());
+    // Offline and never pulled: refused, naming the reference.
+    let e = failed(&build(d.path(), &["i", "--offline", "--insecure"]));
+    assert!(e.contains(&reference) && e.contains("--offline"), "{e}");
+    run(
+        &format!("skopeo copy -q --dest-tls-verify=false oci:img:v1 docker://{reference}"),
+        d.path(),
     );
+    // A plain-HTTP registry needs --insecure, and says so.
+    let e = failed(&build(d.path(), &["i"]));
+    assert!(e.contains("--insecure"), "{e}");
+    ok(&build(d.path(), &["i", "--insecure"]));
+    assert_eq!(read(d.path(), "_out/i/etc"), "keep\n");
+    assert_eq!(read(d.path(), "_out/i/data"), "new\n");
+    // Offline, the copy pulled before is used.
+    let e = ok(&build(d.path(), &["-v", "i", "--offline"]));
+    assert!(e.contains("i: cached"), "{e}");
+
+    // The same image as an oci-archive and a docker-archive.
+    run(
+        "skopeo copy -q oci:img:v1 oci-archive:img.tar:v1 && skopeo copy -q oci:img:v1 docker-archive:old.tar",
+        d.path(),
+    );
+    for (image, expect_ok) in [
+        ("oci-archive:../img.tar:v1", true),
+        ("docker-archive:../old.tar", false),
+    ] {
+        fs::write(
+            d.path().join("p/i/pkg.yaml"),
+            IMAGE_STAGE.replace("IMAGE", image),
+        )
+        .unwrap();
+        let o = build(d.path(), &["i"]);
+        if expect_ok {
+            ok(&o);
+            assert_eq!(read(d.path(), "_out/i/data"), "new\n");
+        } else {
+            // skopeo 1.9 writes the pre-OCI docker save format.
+            let e = failed(&o);
+            assert!(e.contains("skopeo copy docker-archive:"), "{e}");
+        }
+    }
 }
 
 #[test]

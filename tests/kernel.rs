@@ -91,10 +91,17 @@ fn modinfo(ko: &Path, field: &str) -> String {
 #[test]
 fn demo_tree_builds_kernel_and_module_then_caches_and_rebuilds_only_the_session() {
     let p = copy_project();
-    let (out, _) = build(p.path(), &["kernel", "hello-module"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "kernel\t_out/kernel\nhello-module\t_out/hello-module\n"
+    let (out, _) = build(p.path(), &["kernel", "hello-module", "hello"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(
+            "kernel\t_out/kernel\nhello-module\t_out/hello-module\nhello\t_out/hello\n"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("hello\timage\toci:_out/images/hello:1.0.0\tsha256:"),
+        "{stdout}"
     );
     let o = p.path().join("_out");
     let rel = release(&o);
@@ -172,9 +179,11 @@ fn demo_tree_builds_kernel_and_module_then_caches_and_rebuilds_only_the_session(
         "listed in /proc/modules:\n{console}"
     );
 
+    extension_and_kmod_images(p.path(), &rel);
+
     // Nothing changed: everything is cached.
-    let (_, e) = build(p.path(), &["-v", "kernel", "hello-module"]);
-    assert!(e.contains("built 0 stage(s), 4 cached"), "{e}");
+    let (_, e) = build(p.path(), &["-v", "kernel", "hello-module", "hello"]);
+    assert!(e.contains("built 0 stage(s), 5 cached"), "{e}");
 
     // The module's source changes: it rebuilds, and with it its signing
     // session (the kernel relinks with a new certificate); the unpacked
@@ -191,14 +200,125 @@ fn demo_tree_builds_kernel_and_module_then_caches_and_rebuilds_only_the_session(
         .as_nanos();
     text.push_str(&format!("\n/* touched {nanos} */\n"));
     fs::write(&c, text).unwrap();
-    let (_, e) = build(p.path(), &["-v", "kernel", "hello-module"]);
+    let (_, e) = build(p.path(), &["-v", "kernel", "hello-module", "hello"]);
     assert!(e.contains("kernel-prepare: cached"), "{e}");
     assert!(
         e.contains("file /pkg/src/linux/pcie/hello_pcie.c changed"),
         "the miss is explained: {e}"
     );
-    assert!(e.contains("built 3 stage(s), 1 cached"), "{e}");
+    assert!(e.contains("built 4 stage(s), 1 cached"), "{e}");
     assert_eq!(release(&o), rel);
+}
+
+fn run(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn layout_digest(layout: &Path, tag: &str) -> String {
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("no tag {tag}: {index}"))["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The demo's extension image (built with the kernel) and a KMM image of
+/// the module (all cached: the same session), read by umoci and skopeo,
+/// checked by composer's rules against the kernel image, then pushed.
+fn extension_and_kmod_images(project: &Path, rel: &str) {
+    let out = project.join("_out");
+    let hello = out.join("images/hello");
+    let bundle = project.join("bundle-hello");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:1.0.0", hello.display()))
+        .arg(&bundle));
+    let mut top: Vec<String> = fs::read_dir(bundle.join("rootfs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    assert_eq!(top, ["manifest.yaml", "rootfs"]);
+    let v = common::composer(
+        project,
+        &[
+            "validate-rootfs",
+            bundle.join("rootfs").to_str().unwrap(),
+            "--kernel",
+            "_out/kernel/boot/vmlinuz",
+            "--package",
+            "hello",
+            "--strict",
+        ],
+    );
+    assert!(
+        v.status.success(),
+        "the unpacked extension passes every rule against the kernel's own key: {}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+
+    // The module as a KMM kmod image: the session is cached, nothing runs.
+    let (o, e) = build(project, &["hello-module", "--format", "kmm"]);
+    assert!(e.contains("built 0 stage(s)"), "{e}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!(
+            "hello-module\timage\toci:_out/images/hello-module:{rel}"
+        )),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let kmm = project.join("bundle-kmm");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!(
+            "{}:{rel}",
+            out.join("images/hello-module").display()
+        ))
+        .arg(&kmm));
+    let mods = kmm.join(format!("rootfs/opt/lib/modules/{rel}"));
+    assert!(mods.join("extra/hello_pcie.ko").is_file());
+    let dep = fs::read_to_string(mods.join("modules.dep")).unwrap();
+    assert!(
+        dep.contains("extra/hello_pcie.ko:"),
+        "depmod's index: {dep}"
+    );
+    assert!(kmm.join("rootfs/firmware/hello/hello_fw.bin").is_file());
+
+    // Push both to a real registry: the digests there are the local ones.
+    let registry = common::registry::Registry::start();
+    let prefix = format!("{}/composer", registry.addr());
+    let (o, _) = build(
+        project,
+        &[
+            "kernel",
+            "hello-module",
+            "hello",
+            "--push",
+            &prefix,
+            "--insecure",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("hello\tpushed\t"));
+    let remote = run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{prefix}/hello:1.0.0"),
+    ]));
+    let remote: serde_json::Value = serde_json::from_str(&remote).unwrap();
+    assert_eq!(remote["Digest"], layout_digest(&hello, "1.0.0").as_str());
 }
 
 /// Boots `vmlinuz` under QEMU with an initramfs holding busybox and four

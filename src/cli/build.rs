@@ -95,6 +95,7 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
         offline: args.offline,
         mirrors: args.mirrors.clone(),
         epoch,
+        insecure: args.images.insecure,
     };
     // Made when a session stage has to run; signing reads it from the
     // worker threads. Dropped (key zeroized) when this function returns.

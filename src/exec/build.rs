@@ -43,6 +43,8 @@ pub struct Options {
     pub mirrors: Vec<String>,
     /// SOURCE_DATE_EPOCH: timestamps of outputs.
     pub epoch: Option<i64>,
+    /// Plain HTTP allowed to registries (image dependencies).
+    pub insecure: bool,
 }
 
 /// The public half of a signing session, as the build sees it.
@@ -236,12 +238,18 @@ pub fn build_gated(
         for input in graph.inputs(package) {
             let Some(dep) = input.what.strip_prefix("stage:") else {
                 let reference = input.what.trim_start_matches("image:");
-                let resolved = image::resolve(reference, &root.dir, &platform).map_err(|e| {
-                    BuildError::Input {
-                        stage: name.clone(),
-                        message: e.to_string(),
-                    }
-                })?;
+                let fetch = image::Fetch {
+                    store: &cache.root().join("images"),
+                    offline: opts.offline,
+                    insecure: opts.insecure,
+                };
+                let resolved =
+                    image::resolve(reference, &root.dir, &platform, &fetch).map_err(|e| {
+                        BuildError::Input {
+                            stage: name.clone(),
+                            message: e.to_string(),
+                        }
+                    })?;
                 fp.add(
                     format!("dependency {reference} ({} → {})", input.from, input.to),
                     &resolved.digest,

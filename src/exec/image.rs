@@ -1,17 +1,23 @@
-//! Image dependencies read from a local OCI image layout: the reference is
-//! resolved to a manifest for the build's platform, and its layers are
-//! unpacked in order into a cached root filesystem, whiteouts applied.
+//! Image dependencies (`image:` in pkg.yaml): the reference is resolved to
+//! a manifest for the build's platform, and its layers are unpacked in
+//! order into a cached root filesystem, whiteouts applied.
 //!
-//! References: `oci:DIR[:TAG]` (the syntax of skopeo's `oci:` transport;
-//! DIR relative to the root holding the Pkgfile). Registry references
-//! (`ghcr.io/...`) are refused with a hint to copy the image into a layout
-//! first (`skopeo copy docker://REF oci:DIR:TAG`).
+//! References, relative paths taken from the root holding the Pkgfile:
+//! - `oci:DIR[:TAG]`: a local OCI image layout;
+//! - `oci-archive:FILE[:TAG]`, `docker-archive:FILE`: unpacked once into
+//!   the cache (`images/archives/<sha256 of the file>/`); a docker-archive
+//!   must carry an `index.json` (docker ≥ 25, composer, `skopeo copy`);
+//! - a registry reference (`ghcr.io/org/img:tag`, `HOST:PORT/img@sha256:…`):
+//!   pulled into the cache's layout `images/pulled/` (blobs verified, those
+//!   already there skipped). With `--offline` the copy pulled before is
+//!   used, or the build stops naming the reference.
 //!
 //! Invariants:
 //! - Every blob is checked against its digest while it is read; a
 //!   mismatch stops the unpack.
 //! - Unpacked trees are cached as `images/<manifest hex>/rootfs`, written
-//!   in `tmp/` and renamed whole, like stage entries.
+//!   in `tmp/` and renamed whole, like stage entries; the manifest digest
+//!   is what a stage's cache key records, so a moved tag is a miss.
 //! - Layer entries cannot escape the root: absolute paths are made
 //!   relative, `..` is refused, links are created as symlinks/hardlinks
 //!   inside the tree only.
@@ -28,14 +34,12 @@ use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
 use sha2::{Digest, Sha256};
 
 use super::fsops;
+use crate::oci::layout::Layout;
+use crate::oci::reference::{ImageRef, RegistryRef};
+use crate::oci::registry::{self, RegistryOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error(
-        "image `{0}`: pulling from a registry is not supported by this version; copy it into an OCI layout first \
-         (`skopeo copy docker://{0} oci:images/NAME:TAG`) and depend on `oci:images/NAME:TAG`"
-    )]
-    Registry(String),
     #[error("image `{reference}`: {message}")]
     Layout { reference: String, message: String },
     #[error("image `{reference}`: blob {digest}: {message}")]
@@ -56,63 +60,163 @@ pub struct Resolved {
     pub layers: Vec<Descriptor>,
 }
 
+/// Where and how image dependencies are fetched.
+pub struct Fetch<'a> {
+    /// The cache's `images/` directory.
+    pub store: &'a Path,
+    pub offline: bool,
+    /// Plain HTTP allowed to registries (`--insecure`).
+    pub insecure: bool,
+}
+
 /// Resolves `reference` for `platform` (`linux/amd64`), relative to `base`.
-pub fn resolve(reference: &str, base: &Path, platform: &str) -> Result<Resolved, ImageError> {
-    let Some(rest) = reference.strip_prefix("oci:") else {
-        return Err(ImageError::Registry(reference.to_string()));
-    };
-    let (dir, tag) = match rest.rsplit_once(':') {
-        Some((d, t)) if !t.contains('/') => (d, Some(t)),
-        _ => (rest, None),
-    };
-    let layout = base.join(dir);
+pub fn resolve(
+    reference: &str,
+    base: &Path,
+    platform: &str,
+    fetch: &Fetch<'_>,
+) -> Result<Resolved, ImageError> {
     let err = |message: String| ImageError::Layout {
         reference: reference.to_string(),
         message,
     };
-    let index = ImageIndex::from_file(layout.join("index.json"))
-        .map_err(|e| err(format!("{}/index.json: {e}", layout.display())))?;
-    let candidates: Vec<&Descriptor> = index
-        .manifests()
-        .iter()
-        .filter(|d| match tag {
-            None => true,
-            Some(t) => d
-                .annotations()
-                .as_ref()
-                .and_then(|a| a.get("org.opencontainers.image.ref.name"))
-                .is_some_and(|n| n == t),
-        })
-        .collect();
-    let desc = match candidates.as_slice() {
-        [one] => (*one).clone(),
-        [] => return Err(err(format!("no manifest tagged `{}`", tag.unwrap_or("")))),
-        _ => return Err(err("several manifests match; name one with :TAG".into())),
+    let parsed: ImageRef = reference
+        .parse()
+        .map_err(|e: crate::oci::ReferenceError| err(e.message))?;
+    let (layout, desc) = match parsed {
+        ImageRef::Layout { dir, tag } => {
+            let l = Layout::open(&base.join(dir)).map_err(|e| err(e.to_string()))?;
+            let d = l.resolve(tag.as_deref()).map_err(|e| err(e.to_string()))?;
+            (l, d)
+        }
+        ImageRef::OciArchive { path, tag } => {
+            let l = extract_archive(&base.join(path), fetch.store).map_err(err)?;
+            let d = l.resolve(tag.as_deref()).map_err(|e| err(e.to_string()))?;
+            (l, d)
+        }
+        ImageRef::DockerArchive { path, .. } => {
+            let l = extract_archive(&base.join(path), fetch.store).map_err(err)?;
+            let d = l.resolve(None).map_err(|e| err(e.to_string()))?;
+            (l, d)
+        }
+        ImageRef::Registry(r) => pull(&r, platform, fetch).map_err(err)?,
     };
     let desc = pick_platform(&layout, desc, platform, &err)?;
-    let manifest_bytes = read_blob(&layout, &desc, reference)?;
-    let manifest = ImageManifest::from_reader(&manifest_bytes[..])
-        .map_err(|e| err(format!("manifest {}: {e}", desc.digest())))?;
+    let manifest: ImageManifest = layout
+        .read_json(desc.digest())
+        .map_err(|e| err(format!("manifest: {e}")))?;
     Ok(Resolved {
         reference: reference.to_string(),
-        layout,
+        layout: layout.root().to_path_buf(),
         digest: desc.digest().to_string(),
         layers: manifest.layers().clone(),
     })
 }
 
+/// Pulls a registry image into the store's layout (or, offline, finds the
+/// copy pulled before).
+fn pull(
+    r: &RegistryRef,
+    platform: &str,
+    fetch: &Fetch<'_>,
+) -> Result<(Layout, Descriptor), String> {
+    let layout = Layout::create(&fetch.store.join("pulled")).map_err(|e| e.to_string())?;
+    // One tag per reference and platform in the store's index.
+    let tag: String = format!("{r}@{platform}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if fetch.offline {
+        return layout
+            .resolve(Some(&tag))
+            .map(|d| (layout.clone(), d))
+            .map_err(|_| "not pulled before, and --offline forbids the registry".to_string());
+    }
+    let opts = RegistryOptions {
+        insecure: fetch.insecure,
+        ..RegistryOptions::default()
+    };
+    let d = registry::pull(r, Some(platform), &layout, &tag, &opts, &|_| {})
+        .map_err(|e| e.to_string())?;
+    Ok((layout, d))
+}
+
+/// Unpacks an archive holding an OCI layout into the store, once per
+/// archive content.
+fn extract_archive(path: &Path, store: &Path) -> Result<Layout, String> {
+    let hex = fsops::file_sha256(path).map_err(|e| e.to_string())?;
+    let dir = store.join("archives").join(&hex);
+    if let Ok(l) = Layout::open(&dir) {
+        return Ok(l);
+    }
+    let tmp = store.join("archives").join(format!(".{hex}.tmp"));
+    fsops::remove_tree(&tmp).map_err(|e| e.to_string())?;
+    fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let file = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut ar = tar::Archive::new(io::BufReader::new(file));
+    for entry in ar
+        .entries()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+    {
+        let mut entry = entry.map_err(|e| format!("{}: {e}", path.display()))?;
+        let name = entry.path().map_err(|e| e.to_string())?.into_owned();
+        let Some(rel) = clean(&name) else {
+            return Err(format!(
+                "{}: entry `{}` leaves the archive",
+                path.display(),
+                name.display()
+            ));
+        };
+        let kind = entry.header().entry_type();
+        let dest = tmp.join(&rel);
+        if kind.is_dir() {
+            fs::create_dir_all(&dest).map_err(|e| e.to_string())?;
+        } else if kind.is_file() {
+            if let Some(p) = dest.parent() {
+                fs::create_dir_all(p).map_err(|e| e.to_string())?;
+            }
+            let mut out = fs::File::create(&dest).map_err(|e| e.to_string())?;
+            io::copy(&mut entry, &mut out).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        // Links and special files have no place in an image archive.
+    }
+    if !tmp.join("index.json").is_file() {
+        fsops::remove_tree(&tmp).map_err(|e| e.to_string())?;
+        return Err(format!(
+            "{}: no index.json (an older `docker save`?): convert it with              `skopeo copy docker-archive:{} oci:DIR:TAG` and depend on oci:DIR:TAG",
+            path.display(),
+            path.display()
+        ));
+    }
+    if !tmp.join("oci-layout").is_file() {
+        fs::write(tmp.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+            .map_err(|e| e.to_string())?;
+    }
+    fs::rename(&tmp, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Layout::open(&dir).map_err(|e| e.to_string())
+}
+
 /// Follows an image index down to the manifest for `platform`.
 fn pick_platform(
-    layout: &Path,
+    layout: &Layout,
     desc: Descriptor,
     platform: &str,
     err: &dyn Fn(String) -> ImageError,
 ) -> Result<Descriptor, ImageError> {
-    if desc.media_type() != &MediaType::ImageIndex {
+    if desc.media_type() != &MediaType::ImageIndex
+        && !desc.media_type().to_string().contains("manifest.list")
+    {
         return Ok(desc);
     }
-    let bytes = read_blob(layout, &desc, "index")?;
-    let index = ImageIndex::from_reader(&bytes[..]).map_err(|e| err(e.to_string()))?;
+    let index: ImageIndex = layout
+        .read_json(desc.digest())
+        .map_err(|e| err(e.to_string()))?;
     let (os, arch) = platform.split_once('/').unwrap_or(("linux", platform));
     index
         .manifests()
@@ -130,25 +234,6 @@ fn blob_path(layout: &Path, d: &Descriptor) -> PathBuf {
     let digest = d.digest().to_string();
     let (algo, hex) = digest.split_once(':').unwrap_or(("sha256", &digest));
     layout.join("blobs").join(algo).join(hex)
-}
-
-/// Reads a small blob (index, manifest) whole, checking its digest.
-fn read_blob(layout: &Path, d: &Descriptor, reference: &str) -> Result<Vec<u8>, ImageError> {
-    let path = blob_path(layout, d);
-    let bytes = fs::read(&path).map_err(|e| ImageError::Blob {
-        reference: reference.to_string(),
-        digest: d.digest().to_string(),
-        message: e.to_string(),
-    })?;
-    let actual = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-    if actual != d.digest().to_string() {
-        return Err(ImageError::Blob {
-            reference: reference.to_string(),
-            digest: d.digest().to_string(),
-            message: format!("content has digest {actual}"),
-        });
-    }
-    Ok(bytes)
 }
 
 /// A reader that hashes what passes through it.
