@@ -35,14 +35,17 @@ setup:
 release:
 	$(CARGO) build --release --locked
 
-# Checks the demo tree, then builds the kernel and the fixture module into
-# _out/ (the first run compiles the kernel: minutes; later runs are cached).
+# Checks the demo tree, then builds the kernel, the fixture module and the
+# hello extension image into _out/ (the first run compiles the kernel:
+# minutes; later runs are cached).
 demo: setup release
 	$(COMPOSER) validate --strict $(LINUX_ARGS)
-	$(COMPOSER) graph kernel hello-module $(LINUX_ARGS)
-	$(COMPOSER) build kernel hello-module $(LINUX_ARGS)
+	$(COMPOSER) graph kernel hello-module hello $(LINUX_ARGS)
+	$(COMPOSER) build kernel hello-module hello $(LINUX_ARGS)
 	@echo "demo: kernel $$(ls _out/kernel/usr/lib/modules) in _out/kernel, module in _out/hello-module:"
 	@find _out/hello-module -type f | sort
+	@echo "demo: the hello extension image (validated), as skopeo sees it:"
+	skopeo inspect oci:_out/images/hello:$$($(COMPOSER) eval -t hello '{{ .VERSION }}' $(LINUX_ARGS))
 
 # Everything the tests need is installed by `setup`; the kernel test
 # (tests/kernel.rs) compiles the demo kernel with a cache in target/.
