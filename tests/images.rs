@@ -327,3 +327,28 @@ fn skip_rule_lets_a_known_finding_through() {
         "suggestion expected: {stderr}"
     );
 }
+
+#[test]
+fn an_extension_ships_its_rendered_manifest_from_pkg() {
+    // Laid out like extensions/drivers/hello: a files stage, and an
+    // extension stage without steps whose manifest comes from /pkg.
+    let files = "name: files\nvariant: host\nshell: /bin/bash\nsteps:\n  - install:\n      - install -d /rootfs/usr/lib/firmware/x && printf fw > /rootfs/usr/lib/firmware/x/fw.bin\nfinalize:\n  - from: /rootfs\n    to: /\n";
+    let ext = "name: ext\nvariant: scratch\ndependencies:\n  - stage: files\n    to: /rootfs\nfinalize:\n  - from: /rootfs\n    to: /rootfs\n  - from: /pkg/manifest.yaml\n    to: /\n";
+    let p = project(&[("files", files.to_string()), ("ext", ext.to_string())]);
+    fs::write(
+        p.path().join("p/ext/manifest.yaml.tmpl"),
+        MANIFEST
+            .replace("NAME", "ext")
+            .replace("1.2.3", "{{ .VERSION }}"),
+    )
+    .unwrap();
+    fs::write(p.path().join("p/ext/vars.yaml"), "VERSION: 2.0.1\n").unwrap();
+    let o = build(p.path(), &["ext"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(
+        fs::read_to_string(p.path().join("_out/ext/manifest.yaml"))
+            .unwrap()
+            .contains("version: 2.0.1")
+    );
+    manifest_digest(&p.path().join("_out/images/ext"), "2.0.1");
+}

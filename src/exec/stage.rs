@@ -309,7 +309,7 @@ fn run_in(
     }
 
     emit(Event::Phase("finalize".into()));
-    finalize(job, &root, host, &pending.out(), tests.is_empty())?;
+    finalize(job, &root, &pkg_dir, host, &pending.out(), tests.is_empty())?;
     fsops::normalize_tree(&pending.out(), ctx.epoch)?;
 
     for (n, spec, items) in &tests {
@@ -333,9 +333,13 @@ fn run_in(
 
 /// Copies each `finalize` entry from the stage's filesystem into `out`.
 /// Moves instead of copying when nothing reads the source afterwards.
+/// `/pkg/...` is the package directory as the steps saw it (bldr mounts it
+/// there too: `from: /pkg/manifest.yaml` is how extensions ship their
+/// rendered manifest).
 fn finalize(
     job: &Job,
-    root: &Path,
+    stage_root: &Path,
+    pkg_dir: &Path,
     host: bool,
     out: &Path,
     may_move: bool,
@@ -343,7 +347,13 @@ fn finalize(
     let pkg = &job.package.pkg;
     let name = pkg.name.value.as_str();
     for (i, f) in pkg.finalize.iter().enumerate() {
-        let src = fsops::inside(root, &f.from).ok_or_else(|| {
+        let (root, from, may_move) = match f.from.trim_start_matches('/').strip_prefix("pkg") {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+                (pkg_dir, if rest.is_empty() { "/" } else { rest }, false)
+            }
+            _ => (stage_root, f.from.as_str(), may_move),
+        };
+        let src = fsops::inside(root, from).ok_or_else(|| {
             StageError::Config(format!(
                 "stage {name}: finalize from `{}` contains `..`",
                 f.from
@@ -355,7 +365,7 @@ fn finalize(
             .split('/')
             .next()
             .unwrap_or("");
-        if host && (first.is_empty() || HOST_DIRS.contains(&first)) {
+        if host && root == stage_root && (first.is_empty() || HOST_DIRS.contains(&first)) {
             return Err(StageError::Config(format!(
                 "stage {name}: finalize from `{}` would copy the host's system directories; finalize a directory the steps wrote (such as /rootfs)",
                 f.from
@@ -379,7 +389,7 @@ fn finalize(
         let dst_empty = fs::read_dir(&dst)
             .map(|mut d| d.next().is_none())
             .unwrap_or(true);
-        if may_move && !later_reads && src.is_dir() && dst_empty && f.from != "/" {
+        if may_move && !later_reads && src.is_dir() && dst_empty && from != "/" {
             if let Some(parent) = dst.parent() {
                 fsops::ensure_dir(parent)?;
             }
@@ -388,7 +398,7 @@ fn finalize(
                 continue;
             }
         }
-        fsops::copy_into(root, &f.from, out, &f.to)?;
+        fsops::copy_into(root, from, out, &f.to)?;
     }
     Ok(())
 }
