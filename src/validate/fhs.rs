@@ -12,7 +12,9 @@
 //! string prefixes (so `usr/share/manual` passes and `usr/share/man` does
 //! not); entries whose names start with a dot are checked like any other
 //! (`.hidden/` at the top level is not an FHS directory). One finding is
-//! made per offending directory, not one per file inside it.
+//! made per offending directory, not one per file inside it. KMM kmod
+//! images are not checked: KMM defines their layout (`/firmware` at the
+//! top).
 
 use super::{Context, Kind, Rule, Severity, Sink, Tree, components, walk};
 
@@ -85,7 +87,9 @@ impl Rule for Fhs {
     }
 
     fn applies_to(&self) -> &'static [Kind] {
-        &Kind::ALL
+        // Not KMM kmod images: their layout is KMM's (`/opt/lib/modules`,
+        // `/firmware`), not a Talos root filesystem.
+        &[Kind::Extension, Kind::Rootfs]
     }
 
     fn check(&self, tree: &Tree<'_>, _ctx: &Context, out: &mut Sink) {
