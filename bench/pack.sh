@@ -32,7 +32,7 @@ rm -rf bundle-layout bundle && umoci init --layout bundle-layout && umoci new --
 umoci unpack --image bundle-layout:base bundle >/dev/null
 cp -a "$tree/." bundle/rootfs/
 
-hyperfine --warmup 1 --runs 5 --shell=bash --export-json pack.json \
+hyperfine --warmup 1 --runs 3 --shell=bash --export-json pack.json \
   -n pipeline "tar -C '$tree' -c . | zstd -q -T0 -3 | sha256sum" \
   --prepare "rm -rf '$work/packed'" \
   -n composer "'$composer' pack '$tree' --compression zstd -o 'oci:$work/packed:t' >/dev/null 2>&1" \
