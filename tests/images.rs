@@ -74,34 +74,11 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
-fn run(cmd: &mut Command) -> String {
-    let o = cmd.output().unwrap();
-    assert!(
-        o.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// `skopeo inspect` as JSON.
 fn inspect(reference: &str) -> serde_json::Value {
-    let out = run(Command::new("skopeo").args(["inspect", "--tls-verify=false", reference]));
+    let out =
+        common::run(Command::new("skopeo").args(["inspect", "--tls-verify=false", reference]));
     serde_json::from_str(&out).unwrap()
-}
-
-fn manifest_digest(layout: &Path, tag: &str) -> String {
-    let index: serde_json::Value =
-        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
-    index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap_or_else(|| panic!("no tag {tag} in {index}"))["digest"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 #[test]
@@ -112,7 +89,7 @@ fn an_extension_stage_becomes_an_image_talos_can_read() {
     assert!(o.status.success(), "{stderr}");
     assert!(stdout.contains("acme\timage\toci:"), "{stdout}");
     let layout = p.path().join("_out/images/acme");
-    let digest = manifest_digest(&layout, "1.2.3");
+    let digest = common::layout_digest(&layout, "1.2.3");
 
     let info = inspect(&format!("oci:{}:1.2.3", layout.display()));
     assert_eq!(info["Digest"], digest.as_str());
@@ -127,10 +104,12 @@ fn an_extension_stage_becomes_an_image_talos_can_read() {
 
     // umoci unpacks exactly manifest.yaml + rootfs/.
     let bundle = p.path().join("bundle");
-    run(Command::new("umoci")
-        .args(["unpack", "--image"])
-        .arg(format!("{}:1.2.3", layout.display()))
-        .arg(&bundle));
+    common::run(
+        Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:1.2.3", layout.display()))
+            .arg(&bundle),
+    );
     let mut top: Vec<String> = fs::read_dir(bundle.join("rootfs"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -166,8 +145,8 @@ fn extension_image_is_reproducible() {
             .unwrap();
         assert!(o.status.success(), "{}", text(&o).1);
     }
-    let da = manifest_digest(&a.path().join("_out/images/acme"), "1.2.3");
-    let db = manifest_digest(&b.path().join("_out/images/acme"), "1.2.3");
+    let da = common::layout_digest(&a.path().join("_out/images/acme"), "1.2.3");
+    let db = common::layout_digest(&b.path().join("_out/images/acme"), "1.2.3");
     assert_eq!(da, db, "two builds in two checkouts give one digest");
 }
 
@@ -195,7 +174,7 @@ fn push_puts_the_image_in_a_registry_with_the_local_digest() {
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stderr}");
     assert!(stdout.contains("acme\tpushed\t"), "{stdout}");
-    let local = manifest_digest(&p.path().join("_out/images/acme"), "1.2.3");
+    let local = common::layout_digest(&p.path().join("_out/images/acme"), "1.2.3");
     let remote = inspect(&format!("docker://{prefix}/acme:1.2.3"));
     assert_eq!(remote["Digest"], local.as_str());
     // Pushing again uploads nothing new and gives the same digest.
@@ -350,5 +329,5 @@ fn an_extension_ships_its_rendered_manifest_from_pkg() {
             .unwrap()
             .contains("version: 2.0.1")
     );
-    manifest_digest(&p.path().join("_out/images/ext"), "2.0.1");
+    common::layout_digest(&p.path().join("_out/images/ext"), "2.0.1");
 }

@@ -210,30 +210,6 @@ fn demo_tree_builds_kernel_and_module_then_caches_and_rebuilds_only_the_session(
     assert_eq!(release(&o), rel);
 }
 
-fn run(cmd: &mut Command) -> String {
-    let o = cmd.output().unwrap();
-    assert!(
-        o.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn layout_digest(layout: &Path, tag: &str) -> String {
-    let index: serde_json::Value =
-        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
-    index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap_or_else(|| panic!("no tag {tag}: {index}"))["digest"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 /// The demo's extension image (built with the kernel) and a KMM image of
 /// the module (all cached: the same session), read by umoci and skopeo,
 /// checked by composer's rules against the kernel image, then pushed.
@@ -241,10 +217,12 @@ fn extension_and_kmod_images(project: &Path, rel: &str) {
     let out = project.join("_out");
     let hello = out.join("images/hello");
     let bundle = project.join("bundle-hello");
-    run(Command::new("umoci")
-        .args(["unpack", "--image"])
-        .arg(format!("{}:1.0.0", hello.display()))
-        .arg(&bundle));
+    common::run(
+        Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:1.0.0", hello.display()))
+            .arg(&bundle),
+    );
     let mut top: Vec<String> = fs::read_dir(bundle.join("rootfs"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -281,13 +259,15 @@ fn extension_and_kmod_images(project: &Path, rel: &str) {
         String::from_utf8_lossy(&o.stdout)
     );
     let kmm = project.join("bundle-kmm");
-    run(Command::new("umoci")
-        .args(["unpack", "--image"])
-        .arg(format!(
-            "{}:{rel}",
-            out.join("images/hello-module").display()
-        ))
-        .arg(&kmm));
+    common::run(
+        Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!(
+                "{}:{rel}",
+                out.join("images/hello-module").display()
+            ))
+            .arg(&kmm),
+    );
     let mods = kmm.join(format!("rootfs/opt/lib/modules/{rel}"));
     assert!(mods.join("extra/hello_pcie.ko").is_file());
     let dep = fs::read_to_string(mods.join("modules.dep")).unwrap();
@@ -312,13 +292,16 @@ fn extension_and_kmod_images(project: &Path, rel: &str) {
         ],
     );
     assert!(String::from_utf8_lossy(&o.stdout).contains("hello\tpushed\t"));
-    let remote = run(Command::new("skopeo").args([
+    let remote = common::run(Command::new("skopeo").args([
         "inspect",
         "--tls-verify=false",
         &format!("docker://{prefix}/hello:1.0.0"),
     ]));
     let remote: serde_json::Value = serde_json::from_str(&remote).unwrap();
-    assert_eq!(remote["Digest"], layout_digest(&hello, "1.0.0").as_str());
+    assert_eq!(
+        remote["Digest"],
+        common::layout_digest(&hello, "1.0.0").as_str()
+    );
 }
 
 /// Boots `vmlinuz` under QEMU with an initramfs holding busybox and four

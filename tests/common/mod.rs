@@ -48,3 +48,31 @@ pub fn sh(dir: &Path, cmd: &str) {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Runs a command; a failure fails the test with its stderr. Returns stdout.
+#[allow(dead_code)] // not every test binary uses it
+pub fn run(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The digest of the manifest tagged `tag` in an OCI layout's index.json.
+#[allow(dead_code)] // not every test binary uses it
+pub fn layout_digest(layout: &Path, tag: &str) -> String {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("no tag {tag}: {index}"))["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
