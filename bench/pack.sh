@@ -11,13 +11,10 @@
 # package bench/verify.sh downloads)
 set -euo pipefail
 composer=$(realpath "$1")
+bench=$(dirname "$(realpath "$0")")
 work=${BENCH_DIR:-$PWD/target/bench}
 mkdir -p "$work" && cd "$work"
-if [ ! -d kimage/lib/modules ]; then
-  pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-  apt-get download "$pkg" >/dev/null 2>&1
-  rm -rf kimage && dpkg-deb -x "$pkg"_*.deb kimage
-fi
+source "$bench/kimage.sh"
 # ~500 MB: the package's module tree plus a second copy of its drivers.
 tree=$work/pack-tree
 if [ ! -d "$tree" ]; then

@@ -104,17 +104,7 @@ fn an_extension_stage_becomes_an_image_talos_can_read() {
 
     // umoci unpacks exactly manifest.yaml + rootfs/.
     let bundle = p.path().join("bundle");
-    common::run(
-        Command::new("umoci")
-            .args(["unpack", "--image"])
-            .arg(format!("{}:1.2.3", layout.display()))
-            .arg(&bundle),
-    );
-    let mut top: Vec<String> = fs::read_dir(bundle.join("rootfs"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    top.sort();
+    let top = common::umoci_unpack(&format!("{}:1.2.3", layout.display()), &bundle);
     assert_eq!(top, ["manifest.yaml", "rootfs"]);
     assert_eq!(
         fs::read(bundle.join("rootfs/rootfs/usr/lib/firmware/acme/fw.bin")).unwrap(),

@@ -217,17 +217,7 @@ fn extension_and_kmod_images(project: &Path, rel: &str) {
     let out = project.join("_out");
     let hello = out.join("images/hello");
     let bundle = project.join("bundle-hello");
-    common::run(
-        Command::new("umoci")
-            .args(["unpack", "--image"])
-            .arg(format!("{}:1.0.0", hello.display()))
-            .arg(&bundle),
-    );
-    let mut top: Vec<String> = fs::read_dir(bundle.join("rootfs"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    top.sort();
+    let top = common::umoci_unpack(&format!("{}:1.0.0", hello.display()), &bundle);
     assert_eq!(top, ["manifest.yaml", "rootfs"]);
     let v = common::composer(
         project,

@@ -76,3 +76,18 @@ pub fn layout_digest(layout: &Path, tag: &str) -> String {
         .unwrap()
         .to_string()
 }
+
+/// Unpacks `image` (`LAYOUT:TAG`) with umoci into `bundle`; returns the
+/// sorted names at the root of the unpacked filesystem.
+#[allow(dead_code)] // not every test binary uses it
+pub fn umoci_unpack(image: &str, bundle: &Path) -> Vec<String> {
+    run(Command::new("umoci")
+        .args(["unpack", "--image", image])
+        .arg(bundle));
+    let mut top: Vec<String> = std::fs::read_dir(bundle.join("rootfs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    top
+}
