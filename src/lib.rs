@@ -11,7 +11,7 @@
 //!       ↳ signing session (ephemeral key; certificate to the kernel)  sign/
 //!   → validation (named rules over a rootfs or an image)             validate/
 //!   → outputs (layers, OCI images, extension and kmod images, push)   output/
-//!   → installer                                                       (to come)
+//!   → installer (extensions into a base installer's initramfs)        installer/
 //! CLI: a thin layer over the library; it parses, calls, prints.        cli/
 //! ```
 //!
@@ -25,6 +25,7 @@ pub mod defs;
 pub mod diag;
 pub mod exec;
 pub mod graph;
+pub mod installer;
 pub mod oci;
 pub mod output;
 pub mod sign;

@@ -13,7 +13,7 @@ use crate::oci::reference::{ImageRef, parse_registry};
 use crate::oci::registry::{self, PushEvent, RegistryOptions};
 use crate::output::Compression;
 use crate::output::extension::is_extension;
-use crate::output::pack::{ImageKind, Packed, Request, pack};
+use crate::output::pack::{ImageKind, Packed, Request, is_installer, pack};
 use crate::output::publish::write_local;
 use crate::sign::verify::Trusted;
 use crate::validate::{Context, Kind, Selection};
@@ -61,7 +61,9 @@ fn kind_for(args: &ImageArgs, tree: &Path) -> Option<ImageKind> {
         "kmm" => Some(ImageKind::Kmm {
             host_link: args.kmm_host_link,
         }),
-        _ => is_extension(tree).then_some(ImageKind::Extension),
+        _ if is_extension(tree) => Some(ImageKind::Extension),
+        _ if is_installer(tree) => Some(ImageKind::Installer),
+        _ => None,
     }
 }
 
@@ -116,6 +118,10 @@ pub fn gate(
                 only: Vec::new(),
                 skip: args.skip_rules.clone(),
             },
+            version: defs
+                .find(target)
+                .and_then(|p| crate::defs::template::render_inline("{{ .VERSION }}", &p.vars).ok())
+                .filter(|v| !v.is_empty() && v != "<no value>"),
         };
         match pack(req, output) {
             Ok(p) => {

@@ -7,9 +7,9 @@ mod build;
 mod cache;
 mod eval;
 mod graph;
+mod image_installer;
 mod images;
 mod pack;
-mod pending;
 mod render;
 mod rules;
 mod validate;
@@ -145,8 +145,11 @@ pub enum Command {
         after_help = "Examples:\n  composer pack _out/hello -o oci:images/hello:1.0.0\n  composer pack rootfs/ --compression zstd -o oci-archive:hello.tar\n  composer pack rootfs/ -o docker-archive:hello.tar:composer/hello:1.0.0   # podman load -i hello.tar\n  composer pack --rootfs linux/amd64=out-amd64 --rootfs linux/arm64=out-arm64 -o oci:images/multi:v1\n\nDigests are reproducible: entries sorted, owned by 0:0, mtimes = SOURCE_DATE_EPOCH (else 0)."
     )]
     Pack(pack::PackArgs),
-    /// Assemble an installer image from extensions (not implemented yet in this version).
-    ImageInstaller(pending::PendingArgs),
+    /// Fold system extensions into a base installer image: a new installer image (docker-archive).
+    #[command(
+        after_help = "Examples:\n  composer image-installer --base-installer-image oci:_out/images/installer-base:6.1 \\\n      --system-extension-image oci:_out/images/hello:1.0.0\n  composer image-installer --arch amd64 --base-installer-image 127.0.0.1:5000/installer-base:6.1 \\\n      --system-extension-image 127.0.0.1:5000/hello:1.0.0 --insecure -o installer.tar\n  composer image-installer ... --talos-version v1.9.0 --push 127.0.0.1:5000/installer:v1 --insecure\n\nWrites _out/installer-<arch>.tar (podman load -i / docker load -i). Each extension is validated\n(module signatures against the base kernel's certificates); nothing is written when one fails.\nNeeds squashfs-tools and kmod (depmod). SOURCE_DATE_EPOCH sets every timestamp."
+    )]
+    ImageInstaller(image_installer::ImageInstallerArgs),
 }
 
 /// Runs the parsed command line.
@@ -163,7 +166,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Pack(a) => pack::run(g, a),
         Command::ValidateRootfs(a) => validate_rootfs::run(g, a),
         Command::Rules(a) => rules::run(g, a),
-        Command::ImageInstaller(a) => pending::run("image-installer", a),
+        Command::ImageInstaller(a) => image_installer::run(a),
     }
 }
 

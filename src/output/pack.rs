@@ -28,6 +28,19 @@ pub enum ImageKind {
     /// A Kernel Module Management kmod image; `host_link` adds
     /// `/opt/lib/modules/<release>/host -> /lib/modules/<release>`.
     Kmm { host_link: bool },
+    /// A base installer image (the stage holds `usr/install/<arch>/vmlinuz`
+    /// and `initramfs.xz`, Talos' layout): the tree as it is, checked by
+    /// every rootfs rule but `fhs` (Talos defines `/usr/install`).
+    Installer,
+}
+
+/// True when `tree` holds an installer's artifacts for some architecture.
+pub fn is_installer(tree: &Path) -> bool {
+    std::fs::read_dir(tree.join("usr/install"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().join("vmlinuz").is_file() && e.path().join("initramfs.xz").is_file())
 }
 
 /// Everything needed to turn one stage output into an image.
@@ -44,6 +57,9 @@ pub struct Request<'a> {
     /// What the rules check against (trusted certificates, secrets).
     pub context: Context,
     pub selection: Selection,
+    /// The target's `VERSION` variable, when it has one: an installer
+    /// image's tag.
+    pub version: Option<String>,
 }
 
 /// A validated image, written into its own staging layout.
@@ -81,12 +97,20 @@ pub fn pack(req: Request<'_>, near: &Path) -> Result<Packed, OutputError> {
             ctx.allow_in_tree_deps = host_link;
             (work, release, ManifestInfo::default())
         }
+        ImageKind::Installer => {
+            ctx.kind = Kind::Rootfs;
+            let tag = req.version.clone().unwrap_or_else(|| "latest".to_string());
+            (req.tree.to_path_buf(), tag, ManifestInfo::default())
+        }
     };
-    let report =
-        validate::validate(&root, &ctx, &req.selection).map_err(|e| OutputError::Input {
-            path: root.clone(),
-            message: e.to_string(),
-        })?;
+    let mut selection = req.selection.clone();
+    if req.kind == ImageKind::Installer && selection.only.is_empty() {
+        selection.skip.push("fhs".to_string());
+    }
+    let report = validate::validate(&root, &ctx, &selection).map_err(|e| OutputError::Input {
+        path: root.clone(),
+        message: e.to_string(),
+    })?;
     if report.has_errors() {
         return Err(OutputError::Rules {
             target: req.target.to_string(),

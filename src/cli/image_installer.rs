@@ -1,0 +1,183 @@
+//! `composer image-installer`: Talos' `imager installer` flags, the work
+//! done by `installer::assemble`, the result written as a docker-archive
+//! (and pushed when asked). Printing only.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::build::{default_cache_dir, source_date_epoch};
+use super::{CliError, CliResult};
+use crate::exec::image::Fetch;
+use crate::installer::{Arch, Request, assemble};
+use crate::oci::reference::parse_registry;
+use crate::oci::registry::{self, RegistryOptions};
+use crate::output::archive::to_docker_archive;
+
+#[derive(Args, Debug)]
+pub struct ImageInstallerArgs {
+    /// The base installer image (`oci:DIR:TAG`, `oci-archive:FILE`,
+    /// `docker-archive:FILE` or a registry reference), holding
+    /// usr/install/<arch>/vmlinuz and initramfs.xz.
+    #[arg(long = "base-installer-image", value_name = "REF")]
+    pub base: String,
+    /// A system extension image to add (repeatable; layers stack in this
+    /// order, the last on top).
+    #[arg(long = "system-extension-image", value_name = "REF")]
+    pub extensions: Vec<String>,
+    /// The installer's architecture.
+    #[arg(long, default_value = "amd64", value_parser = clap::value_parser!(ArchArg))]
+    pub arch: ArchArg,
+    /// The docker-archive to write (default: _out/installer-<arch>.tar).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// The name `docker load` / `podman load` give the image.
+    #[arg(long = "image-name", value_name = "NAME:TAG")]
+    pub image_name: Option<String>,
+    /// Also require every extension's compatibility.talos.version to admit
+    /// this Talos version (e.g. v1.9.0).
+    #[arg(long = "talos-version", value_name = "VERSION")]
+    pub talos_version: Option<String>,
+    /// Do not run this validation rule on the extensions (repeatable).
+    #[arg(long = "skip-rule", value_name = "RULE")]
+    pub skip_rules: Vec<String>,
+    /// Also push the installer image to this registry reference
+    /// (REGISTRY/REPO:TAG).
+    #[arg(long, value_name = "REF")]
+    pub push: Option<String>,
+    /// Allow plain HTTP to registries (loopback test registries).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Never pull: registry images must have been pulled before.
+    #[arg(long)]
+    pub offline: bool,
+    /// The cache directory (pulled and unpacked images).
+    #[arg(long = "cache-dir", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `--arch` as clap parses it.
+#[derive(Clone, Copy, Debug)]
+pub struct ArchArg(pub Arch);
+
+impl std::str::FromStr for ArchArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ArchArg, String> {
+        s.parse().map(ArchArg)
+    }
+}
+
+pub fn run(args: &ImageInstallerArgs) -> CliResult {
+    let arch = args.arch.0;
+    let epoch = source_date_epoch(&[])?.unwrap_or(0).max(0) as u64;
+    if let Some(p) = &args.push {
+        parse_registry(p).map_err(|e| CliError::user(format!("--push {p}: {e}")))?;
+    }
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("_out/installer-{}.tar", arch.name())));
+    let near = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let cwd = std::env::current_dir().map_err(|e| CliError::Internal(e.into()))?;
+    let store = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(default_cache_dir)
+        .join("images");
+    std::fs::create_dir_all(&store).map_err(|e| {
+        CliError::User(anyhow::anyhow!(
+            "the cache directory {}: {e}",
+            store.display()
+        ))
+    })?;
+    let req = Request {
+        base: &args.base,
+        extensions: &args.extensions,
+        arch,
+        cwd: &cwd,
+        fetch: Fetch {
+            store: &store,
+            offline: args.offline,
+            insecure: args.insecure,
+        },
+        talos_version: args.talos_version.clone(),
+        skip_rules: args.skip_rules.clone(),
+        epoch,
+    };
+    let started = std::time::Instant::now();
+    let done = assemble(&req, &near, &|line| eprintln!("image-installer: {line}"))
+        .map_err(|e| CliError::User(anyhow::Error::new(e).context("no installer image written")))?;
+    for w in &done.warnings {
+        eprintln!("warning: {w}");
+    }
+    let name_w = done
+        .layers
+        .iter()
+        .map(|l| l.info.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let ver_w = done
+        .layers
+        .iter()
+        .map(|l| l.info.version.len())
+        .max()
+        .unwrap_or(7)
+        .max(7);
+    println!("{:<name_w$}  {:<ver_w$}  AUTHOR", "NAME", "VERSION");
+    for l in &done.layers {
+        println!(
+            "{:<name_w$}  {:<ver_w$}  {}",
+            l.info.name, l.info.version, l.info.author
+        );
+    }
+    let repo_tag = args
+        .image_name
+        .clone()
+        .unwrap_or_else(|| format!("composer/installer:{}", arch.name()));
+    to_docker_archive(
+        &done.staging.layout,
+        &done.manifest,
+        &output,
+        &repo_tag,
+        epoch,
+    )
+    .map_err(|e| {
+        CliError::User(anyhow::Error::new(e).context(format!("writing {}", output.display())))
+    })?;
+    println!(
+        "installer\t{}\t{}\t{}",
+        output.display(),
+        repo_tag,
+        done.manifest.digest()
+    );
+    if let Some(p) = &args.push {
+        let reference =
+            parse_registry(p).map_err(|e| CliError::user(format!("--push {p}: {e}")))?;
+        let tag = reference.tag.clone().unwrap_or_else(|| "latest".into());
+        done.staging
+            .layout
+            .set_tag(&done.manifest, &tag)
+            .map_err(|e| CliError::User(e.into()))?;
+        let opts = RegistryOptions {
+            insecure: args.insecure,
+            ..RegistryOptions::default()
+        };
+        let pushed = registry::push(&done.staging.layout, Some(&tag), &reference, &opts, &|_| {})
+            .map_err(|e| {
+            CliError::User(anyhow::Error::new(e).context(format!("pushing {p}")))
+        })?;
+        println!("installer\tpushed\t{p}\t{}", pushed.digest);
+    }
+    eprintln!(
+        "image-installer: {} layer(s), initramfs {} bytes, in {:.1}s",
+        done.layers.len(),
+        done.initramfs_bytes,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
