@@ -11,10 +11,12 @@ LINUX_SOURCE := /usr/src/linux-source-6.1.tar.xz
 # sandbox. ccache: the kernel build's compiler cache. hyperfine: benchmarks.
 # Tests: umoci, skopeo, podman + runc and docker-registry (real clients and a
 # real registry for the image outputs), openssl (CMS cross-check),
-# qemu-system-x86 and busybox-static (the boot test). zstd: the pack benchmark.
+# qemu-system-x86 and busybox-static (the boot tests). zstd: the pack benchmark
+# and the demo base installer. squashfs-tools, cpio: the installer (extension
+# squashfs images; the demo base installer's initramfs).
 APT_PACKAGES := linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev kmod \
                 ccache bubblewrap hyperfine umoci skopeo podman runc docker-registry zstd \
-                openssl qemu-system-x86 busybox-static
+                openssl qemu-system-x86 busybox-static squashfs-tools cpio
 
 # The demo kernel's source checksums come from the installed Debian package,
 # which changes when Debian updates it: computed here, never hard-coded.
