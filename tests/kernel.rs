@@ -5,9 +5,12 @@
 //! while unsigned, foreign-key and tampered copies are refused. Needs what
 //! `make setup` installs. The cache lives in target/ so later runs are
 //! warm; the first run compiles the kernel (minutes). One test function:
-//! the steps share one expensive build.
+//! the steps share one expensive build, and the installer built from it
+//! boots too (tests/kernel/installer.rs).
 
 mod common;
+#[path = "kernel/installer.rs"]
+mod installer;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -91,11 +94,14 @@ fn modinfo(ko: &Path, field: &str) -> String {
 #[test]
 fn demo_tree_builds_kernel_and_module_then_caches_and_rebuilds_only_the_session() {
     let p = copy_project();
-    let (out, _) = build(p.path(), &["kernel", "hello-module", "hello"]);
+    let (out, _) = build(
+        p.path(),
+        &["kernel", "hello-module", "hello", "installer-base"],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.starts_with(
-            "kernel\t_out/kernel\nhello-module\t_out/hello-module\nhello\t_out/hello\n"
+            "kernel\t_out/kernel\nhello-module\t_out/hello-module\nhello\t_out/hello\ninstaller-base\t_out/installer-base\n"
         ),
         "{stdout}"
     );
@@ -179,11 +185,20 @@ fn demo_tree_builds_kernel_and_module_then_caches_and_rebuilds_only_the_session(
         "listed in /proc/modules:\n{console}"
     );
 
+    assert!(
+        stdout.contains("installer-base\timage\toci:_out/images/installer-base:6.1\tsha256:"),
+        "{stdout}"
+    );
+
     extension_and_kmod_images(p.path(), &rel);
+    installer::installer_end_to_end(p.path(), &rel);
 
     // Nothing changed: everything is cached.
-    let (_, e) = build(p.path(), &["-v", "kernel", "hello-module", "hello"]);
-    assert!(e.contains("built 0 stage(s), 5 cached"), "{e}");
+    let (_, e) = build(
+        p.path(),
+        &["-v", "kernel", "hello-module", "hello", "installer-base"],
+    );
+    assert!(e.contains("built 0 stage(s), 6 cached"), "{e}");
 
     // The module's source changes: it rebuilds, and with it its signing
     // session (the kernel relinks with a new certificate); the unpacked
@@ -200,13 +215,16 @@ fn demo_tree_builds_kernel_and_module_then_caches_and_rebuilds_only_the_session(
         .as_nanos();
     text.push_str(&format!("\n/* touched {nanos} */\n"));
     fs::write(&c, text).unwrap();
-    let (_, e) = build(p.path(), &["-v", "kernel", "hello-module", "hello"]);
+    let (_, e) = build(
+        p.path(),
+        &["-v", "kernel", "hello-module", "hello", "installer-base"],
+    );
     assert!(e.contains("kernel-prepare: cached"), "{e}");
     assert!(
         e.contains("file /pkg/src/linux/pcie/hello_pcie.c changed"),
         "the miss is explained: {e}"
     );
-    assert!(e.contains("built 4 stage(s), 1 cached"), "{e}");
+    assert!(e.contains("built 5 stage(s), 1 cached"), "{e}");
     assert_eq!(release(&o), rel);
 }
 

@@ -46,7 +46,7 @@ pub enum InstallerError {
     #[error("system extension `{reference}`: {message}")]
     Extension { reference: String, message: String },
     #[error(
-        "{} system extension(s) failed validation — no installer written\n{}",
+        "{} system extension(s) failed validation\n{}",
         failures.len(),
         failures.join("\n")
     )]
@@ -59,6 +59,8 @@ pub enum InstallerError {
         found: String,
         base: String,
     },
+    #[error("{0}")]
+    Options(String),
     #[error("{tool}: {message}")]
     Tool { tool: &'static str, message: String },
     #[error("{}: {source}", path.display())]
@@ -161,6 +163,12 @@ pub fn assemble(
     near: &Path,
     on: &dyn Fn(&str),
 ) -> Result<Assembled, InstallerError> {
+    let selection = Selection {
+        only: Vec::new(),
+        skip: req.skip_rules.clone(),
+    };
+    crate::validate::select(Kind::Extension, &selection)
+        .map_err(|e| InstallerError::Options(format!("--skip-rule: {e}")))?;
     let staging = Staging::new(near)?;
     let arch = req.arch.name();
 
@@ -225,14 +233,11 @@ pub fn assemble(
             secret_patterns: Vec::new(),
             talos_version: req.talos_version.clone(),
         };
-        let sel = Selection {
-            only: Vec::new(),
-            skip: req.skip_rules.clone(),
-        };
-        let report = validate(&e.root, &ctx, &sel).map_err(|err| InstallerError::Extension {
-            reference: e.reference.clone(),
-            message: err.to_string(),
-        })?;
+        let report =
+            validate(&e.root, &ctx, &selection).map_err(|err| InstallerError::Extension {
+                reference: e.reference.clone(),
+                message: err.to_string(),
+            })?;
         for w in report.warnings() {
             warnings.push(format!("{}: {w}", e.info.name));
         }
