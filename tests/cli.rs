@@ -228,23 +228,26 @@ fn unknown_target_suggests_a_name() {
 }
 
 #[test]
-fn unimplemented_commands_say_so_and_fail() {
+fn image_installer_without_extensions_or_base_fails_clearly() {
     let p = project();
-    {
-        let out = composer(
-            p.path(),
-            &["image-installer", "--base-installer-image", "x"],
-        );
-        assert_eq!(out.status.code(), Some(1));
-        assert!(out.stdout.is_empty());
-        assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"));
-    }
+    let out = composer(
+        p.path(),
+        &["image-installer", "--base-installer-image", "oci:nowhere:1"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("oci:nowhere:1") && e.contains("no installer image written"),
+        "{e}"
+    );
+    assert!(!p.path().join("_out/installer-amd64.tar").exists());
 }
 
 #[test]
 fn help_shows_examples() {
     let p = project();
-    for cmd in ["validate", "graph", "render", "eval"] {
+    for cmd in ["validate", "graph", "render", "eval", "image-installer"] {
         let out = ok(p.path(), &[cmd, "--help"]);
         assert!(out.contains("Examples:"), "{cmd}: {out}");
     }
