@@ -215,3 +215,68 @@ fn build_job_matrix_is_the_plan_jobs_output() {
         "{plan_runs}"
     );
 }
+
+/// The workflow's `env` value `key`.
+fn env_value(wf: &Yaml<'_>, key: &str) -> String {
+    get(get(wf, "env"), key)
+        .as_str()
+        .unwrap_or_else(|| panic!("env.{key} is not a string"))
+        .to_string()
+}
+
+#[test]
+fn workflow_targets_share_one_cell_per_platform_in_the_demo_tree() {
+    let wf = workflow();
+    let targets = env_value(&wf, "TARGETS");
+    let mut args = vec![
+        "--root",
+        "pkgs",
+        "--root",
+        "extensions",
+        "matrix",
+        "--platform",
+        "linux/amd64,linux/arm64",
+    ];
+    args.extend(targets.split_whitespace());
+    let out = composer(&project_dir(), &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for platform in ["linux/amd64", "linux/arm64"] {
+        let whole = m["include"].as_array().unwrap().iter().any(|c| {
+            let have: BTreeSet<&str> = c["targets"].as_str().unwrap().split(' ').collect();
+            c["platform"] == platform && targets.split_whitespace().all(|t| have.contains(t))
+        });
+        assert!(whole, "{platform}: no cell holds all of `{targets}`: {m}");
+    }
+}
+
+#[test]
+fn workflow_installs_packages_the_makefile_knows() {
+    let makefile = std::fs::read_to_string(project_dir().join("Makefile")).unwrap();
+    let start = makefile
+        .find("APT_PACKAGES :=")
+        .expect("APT_PACKAGES in the Makefile");
+    let mut known = BTreeSet::new();
+    for line in makefile[start + "APT_PACKAGES :=".len()..].lines() {
+        let continued = line.trim_end().ends_with('\\');
+        known.extend(
+            line.trim_end_matches('\\')
+                .split_whitespace()
+                .map(str::to_string),
+        );
+        if !continued {
+            break;
+        }
+    }
+    let wf = workflow();
+    for p in env_value(&wf, "APT_PACKAGES").split_whitespace() {
+        assert!(
+            known.contains(p) || ["curl", "ca-certificates", "git"].contains(&p),
+            "release.yml installs `{p}`, which the Makefile's APT_PACKAGES does not have: {known:?}"
+        );
+    }
+}
