@@ -19,6 +19,9 @@
 //! `oci` is format code shared by the phases that read images (image
 //! dependencies) and those that write them: references, layouts, the
 //! registry client.
+//!
+//! `scaffold` stands beside the pipeline: `composer new` writes new
+//! definitions (from the repository's `templates/`) that `defs` then loads.
 
 pub mod cli;
 pub mod defs;
@@ -28,5 +31,6 @@ pub mod graph;
 pub mod installer;
 pub mod oci;
 pub mod output;
+pub mod scaffold;
 pub mod sign;
 pub mod validate;

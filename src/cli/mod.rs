@@ -9,6 +9,8 @@ mod eval;
 mod graph;
 mod image_installer;
 mod images;
+mod matrix;
+mod new;
 mod pack;
 mod render;
 mod rules;
@@ -105,6 +107,16 @@ pub enum Command {
         after_help = "Examples:\n  composer graph kernel\n  composer graph hailort --format dot | dot -Tpng > graph.png\n  composer graph kernel hailort --format json"
     )]
     Graph(graph::GraphArgs),
+    /// Print the build matrix as JSON for GitHub Actions: one cell per platform and kernel, with the targets built together.
+    #[command(
+        after_help = "Targets that depend on the same kernel build share its signing session, so they\nmust be built by one `composer build`: they go into one cell. Targets that need\nno kernel share one cell per platform. Each cell has name, platform, arch,\nkernel (a stage name or null) and targets (space-separated).\n\nExamples:\n  composer matrix kernel hello-module hello\n  composer matrix --platform linux/amd64,linux/arm64 kernel hello-module hello --pretty\n  echo \"matrix=$(composer matrix --platform amd64,arm64 kernel hello)\" >> \"$GITHUB_OUTPUT\"\n\n  # in the workflow:\n  strategy:\n    matrix: ${{ fromJSON(needs.plan.outputs.matrix) }}\n  steps:\n    - run: composer build --platform ${{ matrix.platform }} ${{ matrix.targets }}"
+    )]
+    Matrix(matrix::MatrixArgs),
+    /// Write new definitions from composer's templates (`composer new kmod NAME`: a kernel module and its extension).
+    #[command(
+        after_help = "Examples:\n  composer new kmod my-driver --source https://github.com/example/my-driver/archive/refs/tags/v1.0.0.tar.gz --sha256 HEX --sha512 HEX\n  composer new kmod --help"
+    )]
+    New(new::NewArgs),
     /// Print a target's pkg.yaml after template expansion, as bldr parses it.
     #[command(
         after_help = "Examples:\n  composer render kernel-build\n  composer render hailort --template manifest.yaml\n  composer render kernel --platform linux/arm64 --build-arg KERNEL_TARGET=olddefconfig"
@@ -158,6 +170,8 @@ pub fn run(cli: Cli) -> CliResult {
     match &cli.command {
         Command::Validate(a) => validate::run(g, a),
         Command::Graph(a) => graph::run(g, a),
+        Command::Matrix(a) => matrix::run(g, a),
+        Command::New(a) => new::run(g, a),
         Command::Render(a) => render::run(g, a),
         Command::Eval(a) => eval::run(g, a),
         Command::Build(a) => build::run(g, a),

@@ -73,6 +73,20 @@ pub struct Definitions {
     pub packages: Vec<Package>,
 }
 
+/// The directory a build's signing session is mounted at. A stage whose
+/// rendered definition mentions it builds with the session's certificate
+/// and so joins the session, and so does every stage that depends on it
+/// (`exec::build` runs the session; `graph::matrix` groups targets by it).
+pub const SIGNING_DIR: &str = "/signing/";
+
+impl Package {
+    /// Whether the stage joins the signing session by itself (its rendered
+    /// definition mentions `SIGNING_DIR`), not through a dependency.
+    pub fn joins_signing_session(&self) -> bool {
+        self.rendered.contains(SIGNING_DIR)
+    }
+}
+
 impl Definitions {
     pub fn find(&self, name: &str) -> Option<&Package> {
         self.packages.iter().find(|p| p.pkg.name.value == name)

@@ -89,6 +89,19 @@ pub fn render_inline(src: &str, vars: &Vars) -> Result<String, TemplateError> {
         .execute_to_string(&vars.to_value())
 }
 
+/// Renders a scaffolding template (the repository's `templates/`, written
+/// by `composer new`): its actions are `[[ ... ]]`, so the `{{ ... }}` of
+/// the definitions it produces pass through as text; a variable the
+/// template uses and `vars` lacks is an error, never `<no value>`.
+pub fn render_scaffold(name: &str, src: &str, vars: &Vars) -> Result<String, TemplateError> {
+    Template::new(name)
+        .delims("[[", "]]")
+        .missing_key(gotmpl::MissingKey::Error)
+        .funcs(FUNCTIONS.clone())
+        .parse(src)?
+        .execute_to_string(&vars.to_value())
+}
+
 fn template_error(file: &Arc<Path>, src: &str, e: &TemplateError) -> Diagnostic {
     match e {
         TemplateError::Parse {
@@ -292,6 +305,20 @@ mod tests {
             msgs,
             ["undefined variable `.BUILD_ARG_U` renders as `<no value>`"]
         );
+    }
+
+    #[test]
+    fn scaffold_template_keeps_go_actions_and_refuses_missing_keys() {
+        let mut v = Vars::default();
+        v.set("ident", Value::String("foo".into()));
+        let out = render_scaffold(
+            "t",
+            "[[- /* a note */ -]]\nsha: \"{{ .[[ .ident ]]_sha256 }}\"\n",
+            &v,
+        )
+        .unwrap();
+        assert_eq!(out, "sha: \"{{ .foo_sha256 }}\"\n");
+        assert!(render_scaffold("t", "[[ .missing ]]", &v).is_err());
     }
 
     #[test]

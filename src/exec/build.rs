@@ -234,7 +234,7 @@ pub fn build_gated(
         }
         let mut deps = Vec::new();
         let mut inputs = Vec::new();
-        let mut in_session = package.rendered.contains("/signing/");
+        let mut in_session = package.joins_signing_session();
         for input in graph.inputs(package) {
             let Some(dep) = input.what.strip_prefix("stage:") else {
                 let reference = input.what.trim_start_matches("image:");
