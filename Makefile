@@ -69,6 +69,8 @@ test: setup
 # bench/build.sh: cold, no-op and touched-module builds of the demo tree.
 # bench/verify.sh: composer verify against grep and openssl on Debian's kernel.
 # bench/pack.sh: packing a ~500 MB module tree against tar | zstd and umoci.
+# bench/installer.sh: image-installer on the demo (base + 2 extensions) against
+# mksquashfs alone on the same payload (needs make demo's images).
 # Then loading + rendering both real corpora for both platforms (validate loads
 # every platform). No other tool to compare with runs here (bldr needs Go
 # modules from outside the reachable registries), so the report is absolute.
@@ -76,6 +78,7 @@ bench: setup release
 	bench/build.sh $(COMPOSER)
 	bench/verify.sh $(COMPOSER)
 	bench/pack.sh $(COMPOSER)
+	bench/installer.sh $(COMPOSER)
 	hyperfine --warmup 3 --shell=none \
 	  -n 'siderolabs-pkgs: load + render, amd64 + arm64' \
 	  '$(COMPOSER) validate --root ../shared/corpus/siderolabs-pkgs' \
