@@ -356,6 +356,12 @@ fn boot_with_module_variants(vmlinuz: &Path, ko: &Path) -> String {
     };
     sh("chmod 0755 init bin/busybox && mknod -m 0600 dev/console c 5 1");
     sh("find . | /bin/busybox cpio -o -H newc > ../initramfs.cpio 2>/dev/null");
+    qemu_boot(vmlinuz, &d.path().join("initramfs.cpio"))
+}
+
+/// Boots `vmlinuz` with `initrd` under QEMU (TCG, `module.sig_enforce=1`,
+/// bounded by a 300 s timeout); returns the serial console.
+fn qemu_boot(vmlinuz: &Path, initrd: &Path) -> String {
     let out = Command::new("timeout")
         .args([
             "300",
@@ -370,7 +376,7 @@ fn boot_with_module_variants(vmlinuz: &Path, ko: &Path) -> String {
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
-        .arg(d.path().join("initramfs.cpio"))
+        .arg(initrd)
         .args(["-append", "console=ttyS0 module.sig_enforce=1 panic=-1"])
         .output()
         .unwrap();

@@ -110,7 +110,7 @@ pub fn installer_end_to_end(project: &Path, rel: &str) {
 
     // Boot it: the base's /init mounts and overlays the layers, then loads
     // the extension's module under sig_enforce.
-    let console = boot(&vmlinuz, &initrd);
+    let console = super::qemu_boot(&vmlinuz, &initrd);
     for line in [
         "composer-init: layer 0.sqsh mounted",
         "composer-init: layer 1.sqsh mounted",
@@ -191,33 +191,4 @@ fn foreign_extension(
     let o = common::composer(project, &["pack", tree.to_str().unwrap(), "-o", &dest]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     dest
-}
-
-/// Boots the installer's kernel and initramfs; returns the console.
-fn boot(vmlinuz: &Path, initrd: &Path) -> String {
-    let out = Command::new("timeout")
-        .args([
-            "300",
-            "qemu-system-x86_64",
-            "-accel",
-            "tcg",
-            "-m",
-            "256",
-            "-nographic",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(vmlinuz)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", "console=ttyS0 module.sig_enforce=1 panic=-1"])
-        .output()
-        .unwrap();
-    let console = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "qemu: {console}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    console
 }
