@@ -104,3 +104,56 @@ pub fn certificates(code: &[u8]) -> Vec<(Certificate, Vec<u8>)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sign::Session;
+    use std::io::Write;
+
+    /// An arm64 `Image` header (64 bytes, "ARM\x64" at 0x38), then code
+    /// with `cert` inside, twice.
+    fn arm64_image(cert: &[u8]) -> Vec<u8> {
+        let mut image = vec![0u8; 64];
+        image[0..4].copy_from_slice(b"MZ\x40\xfa");
+        image[0x38..0x3c].copy_from_slice(b"ARM\x64");
+        image.extend_from_slice(&[0x30, 0x82, 0xff]);
+        image.extend_from_slice(cert);
+        image.extend_from_slice(&[0u8; 100]);
+        image.extend_from_slice(cert);
+        image.extend_from_slice(&[0x30; 9]);
+        image
+    }
+
+    #[test]
+    fn arm64_image_is_scanned_uncompressed() {
+        let s = Session::start().unwrap();
+        let image = arm64_image(s.cert_der());
+        let code = kernel_code(&image).unwrap();
+        assert_eq!(code, image);
+        let certs = certificates(&code);
+        assert_eq!(certs.len(), 1, "found once");
+        assert_eq!(certs[0].1, s.cert_der());
+    }
+
+    #[test]
+    fn bzimage_payload_is_decompressed_before_scanning() {
+        let s = Session::start().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&arm64_image(s.cert_der())).unwrap();
+        let payload = gz.finish().unwrap();
+        // Boot sector and 4 setup sectors, then the payload at offset 16.
+        let mut image = vec![0u8; 5 * 512 + 16];
+        image[0x1f1] = 4;
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        image[0x248..0x24c].copy_from_slice(&16u32.to_le_bytes());
+        image[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        image.extend_from_slice(&payload);
+        let certs = certificates(&kernel_code(&image).unwrap());
+        assert_eq!(certs.len(), 1);
+        assert_eq!(certs[0].1, s.cert_der());
+
+        image.truncate(image.len() - 1);
+        assert!(matches!(kernel_code(&image), Err(ImageError::Format(_))));
+    }
+}
