@@ -7,16 +7,20 @@ CARGO ?= cargo
 COMPOSER := target/release/composer
 LINUX_SOURCE := /usr/src/linux-source-6.1.tar.xz
 # linux-source-6.1: the demo kernel's source. build-essential ... kmod: what
-# the demo's variant-host stages compile the kernel with. bubblewrap: the
-# sandbox. ccache: the kernel build's compiler cache. hyperfine: benchmarks.
-# Tests: umoci, skopeo, podman + runc and docker-registry (real clients and a
-# real registry for the image outputs), openssl (CMS cross-check),
-# qemu-system-x86 and busybox-static (the boot tests). zstd: the pack benchmark
-# and the demo base installer. squashfs-tools, cpio: the installer (extension
-# squashfs images; the demo base installer's initramfs).
+# the demo's variant-host stages compile the kernel with. gcc-aarch64-linux-gnu:
+# the cross compiler for `--platform linux/arm64` on an x86_64 machine.
+# bubblewrap: the sandbox. ccache: the kernel build's compiler cache.
+# hyperfine: benchmarks. Tests: umoci, skopeo, podman + runc and
+# docker-registry (real clients and a real registry for the image outputs),
+# openssl (CMS cross-check), qemu-system-x86 and busybox-static (the boot
+# tests), qemu-system-arm and libc6-dev-arm64-cross (the arm64 boot test and
+# its static /init). zstd: the pack benchmark and the demo base installer.
+# squashfs-tools, cpio: the installer (extension squashfs images; the demo
+# base installer's initramfs).
 APT_PACKAGES := linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev kmod \
-                ccache bubblewrap hyperfine umoci skopeo podman runc docker-registry zstd \
-                openssl qemu-system-x86 busybox-static squashfs-tools cpio
+                gcc-aarch64-linux-gnu ccache bubblewrap hyperfine umoci skopeo podman runc \
+                docker-registry zstd openssl qemu-system-x86 busybox-static squashfs-tools cpio \
+                qemu-system-arm libc6-dev-arm64-cross
 
 # The demo kernel's source checksums come from the installed Debian package,
 # which changes when Debian updates it: computed here, never hard-coded.
