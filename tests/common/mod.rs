@@ -1,6 +1,8 @@
 //! Shared by the integration tests: a tree of files in a fresh temporary
-//! directory, and running the real `composer` binary on it.
+//! directory, and running the real `composer` binary on it; `demo` for the
+//! bundled demo tree, `registry` for a real registry.
 
+pub mod demo;
 pub mod registry;
 
 use std::path::Path;

@@ -1,0 +1,68 @@
+//! The bundled demo tree for tests that build it: a copy to change freely,
+//! the build arguments for Debian's linux-source-6.1, and what the outputs
+//! hold (the kernel release, a module's modinfo).
+#![allow(dead_code)] // not every test binary uses every helper
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+pub const LINUX_SOURCE: &str = "/usr/src/linux-source-6.1.tar.xz";
+
+/// `--build-arg LINUX_SOURCE_SHA256=… --build-arg LINUX_SOURCE_SHA512=…`
+/// for the installed linux-source-6.1 (Debian updates it: never pinned).
+pub fn digest_args() -> Vec<String> {
+    use sha2::{Digest, Sha256, Sha512};
+    let bytes =
+        fs::read(LINUX_SOURCE).unwrap_or_else(|e| panic!("{LINUX_SOURCE}: {e} (run `make setup`)"));
+    vec![
+        "--build-arg".into(),
+        format!(
+            "LINUX_SOURCE_SHA256={}",
+            hex::encode(Sha256::digest(&bytes))
+        ),
+        "--build-arg".into(),
+        format!(
+            "LINUX_SOURCE_SHA512={}",
+            hex::encode(Sha512::digest(&bytes))
+        ),
+    ]
+}
+
+/// A copy of the project's definitions and fixtures, to change freely.
+pub fn copy_project() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for d in ["pkgs", "extensions", "fixtures"] {
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(root.join(d))
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    dir
+}
+
+/// The one kernel release under `<out>/kernel/usr/lib/modules`.
+pub fn release(out: &Path) -> String {
+    let modules = out.join("kernel/usr/lib/modules");
+    let mut rels: Vec<String> = fs::read_dir(&modules)
+        .unwrap_or_else(|e| panic!("{}: {e}", modules.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(rels.len(), 1, "one kernel release: {rels:?}");
+    rels.remove(0)
+}
+
+/// `modinfo -F field ko` (kmod reads modules of any architecture).
+pub fn modinfo(ko: &Path, field: &str) -> String {
+    let o = Command::new("modinfo")
+        .args(["-F", field])
+        .arg(ko)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "modinfo {}", ko.display());
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
