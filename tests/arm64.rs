@@ -12,9 +12,10 @@
 //! Needs what `make setup` installs. The cache lives in
 //! target/composer-test-cache-arm64 (its own, so it never waits for the
 //! amd64 kernel test's lock) and is reused by later runs: the first run
-//! compiles the kernel, roughly 8–15 minutes on 2 shared cores; a warm run
-//! takes well under a minute (the boot itself ~10 s). One test function:
-//! the steps share one expensive build.
+//! compiles the kernel: about 12–15 minutes on 2 cores shared with other
+//! work (measured: 14 min, 10 of them in kernel-build); a warm run takes
+//! about a minute (the boot itself ~1.5 s). One test function: the steps
+//! share one expensive build.
 
 mod common;
 
