@@ -12,29 +12,11 @@ mod common;
 #[path = "kernel/installer.rs"]
 mod installer;
 
+use common::demo::{copy_project, digest_args, modinfo, release};
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-const LINUX_SOURCE: &str = "/usr/src/linux-source-6.1.tar.xz";
-
-fn digest_args() -> Vec<String> {
-    use sha2::{Digest, Sha256, Sha512};
-    let bytes =
-        fs::read(LINUX_SOURCE).unwrap_or_else(|e| panic!("{LINUX_SOURCE}: {e} (run `make setup`)"));
-    vec![
-        "--build-arg".into(),
-        format!(
-            "LINUX_SOURCE_SHA256={}",
-            hex::encode(Sha256::digest(&bytes))
-        ),
-        "--build-arg".into(),
-        format!(
-            "LINUX_SOURCE_SHA512={}",
-            hex::encode(Sha512::digest(&bytes))
-        ),
-    ]
-}
 
 fn cache_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/composer-test-cache")
@@ -53,42 +35,6 @@ fn build(project: &Path, extra: &[&str]) -> (Output, String) {
     let e = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "build failed:\n{e}");
     (out, e)
-}
-
-/// A copy of the project's definitions and fixtures, to change freely.
-fn copy_project() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for d in ["pkgs", "extensions", "fixtures"] {
-        let st = Command::new("cp")
-            .arg("-a")
-            .arg(root.join(d))
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-    dir
-}
-
-fn release(out: &Path) -> String {
-    let modules = out.join("kernel/usr/lib/modules");
-    let mut rels: Vec<String> = fs::read_dir(&modules)
-        .unwrap_or_else(|e| panic!("{}: {e}", modules.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(rels.len(), 1, "one kernel release: {rels:?}");
-    rels.remove(0)
-}
-
-fn modinfo(ko: &Path, field: &str) -> String {
-    let o = Command::new("modinfo")
-        .args(["-F", field])
-        .arg(ko)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "modinfo {}", ko.display());
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
 #[test]
