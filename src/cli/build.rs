@@ -319,6 +319,7 @@ impl View {
                     eprintln!("{stage}| {line}");
                 }
             }
+            Progress::Note { stage, note } => self.say(format!("{stage}: {note}")),
             Progress::Finished { stage, elapsed } => {
                 if let Some((bar, _)) = self.bars.remove(&stage) {
                     bar.finish_and_clear();

@@ -86,6 +86,10 @@ pub enum Progress {
         stage: String,
         line: String,
     },
+    Note {
+        stage: String,
+        note: String,
+    },
     Finished {
         stage: String,
         elapsed: Duration,
@@ -544,6 +548,10 @@ fn schedule(
                 Msg::Event(Event::Line(line)) => on(Progress::Line {
                     stage: stage_name,
                     line,
+                }),
+                Msg::Event(Event::Note(note)) => on(Progress::Note {
+                    stage: stage_name,
+                    note,
                 }),
                 Msg::Done(r) => {
                     running -= 1;

@@ -4,8 +4,9 @@
 //! Data flow inside the phase: `pkgdir` (what /pkg holds) and `key` (the
 //! fingerprint of a stage) feed `build` (cache decisions, the signing
 //! session rule, the scheduler), which runs each stage with `stage`: inputs
-//! merged with `fsops`, sources fetched and verified by `sources`, script
-//! items run by `sandbox`, the output committed to `cache`.
+//! layered with `overlay` or merged with `fsops`, sources fetched and
+//! verified by `sources`, script items run by `sandbox`, the output
+//! committed to `cache`.
 //!
 //! Imports only from `defs`, `graph` and `diag`; the signing session is
 //! given to it as a certificate and a callback, so it knows nothing of keys.
@@ -15,6 +16,7 @@ pub mod cache;
 pub mod fsops;
 pub mod image;
 pub mod key;
+pub mod overlay;
 pub mod pkgdir;
 pub mod sandbox;
 pub mod sources;

@@ -2,7 +2,8 @@
 //! sandbox, its output finalized into a cache entry.
 //!
 //! Order, as bldr has it: inputs merged (each dependency's `from` copied to
-//! its `to`, in merge order) → `/pkg` → per step: sources (verified), then
+//! its `to`, in merge order; whole outputs at `/` layered by `overlay`
+//! instead of copied when it can) → `/pkg` → per step: sources (verified), then
 //! `prepare`, `build`, `install` items → (session stages: every `.ko`
 //! signed with the session key) → `finalize` into the entry → `test`
 //! items. Tests run after finalize on the stage's own root, which is thrown
@@ -22,6 +23,7 @@ use std::time::Instant;
 
 use super::cache::{Cache, CacheError, Entry, Meta, now};
 use super::fsops::{self, FsError};
+use super::overlay;
 use super::pkgdir::PkgDir;
 use super::sandbox::{self, HOST_DIRS, Mount, Outcome, SandboxError, SecretFile, Spec};
 use super::sources::{self, SourceError, SourceOptions};
@@ -142,6 +144,8 @@ pub struct Job {
 pub enum Event {
     Phase(String),
     Line(String),
+    /// Something the user should know about how the stage ran.
+    Note(String),
 }
 
 /// Runs `job` and commits its output to the cache.
@@ -183,7 +187,27 @@ fn run_in(
     };
 
     emit(Event::Phase("merging inputs".into()));
-    for (input, out) in &job.inputs {
+    // Whole outputs merged at `/`, as long as nothing else comes before
+    // them, are overlay layers; what follows is copied on top, in order.
+    let whole = job
+        .inputs
+        .iter()
+        .take_while(|(i, _)| is_root(&i.from) && is_root(&i.to))
+        .count();
+    let lowers: Vec<PathBuf> = job.inputs[..whole]
+        .iter()
+        .map(|(_, out)| out.clone())
+        .collect();
+    let (_overlay, copied) = match overlay::mount(work, &root, &lowers) {
+        Ok(o) => (Some(o), whole),
+        Err(why) => {
+            if whole > 0 && rustix::process::geteuid().is_root() {
+                emit(Event::Note(format!("inputs copied, not layered: {why}")));
+            }
+            (None, 0)
+        }
+    };
+    for (input, out) in &job.inputs[copied..] {
         if host {
             let first = input
                 .to
@@ -401,6 +425,10 @@ fn finalize(
         fsops::copy_into(root, from, out, &f.to)?;
     }
     Ok(())
+}
+
+fn is_root(path: &str) -> bool {
+    path.trim_matches('/').is_empty()
 }
 
 fn overlaps(a: &str, b: &str) -> bool {
