@@ -23,9 +23,13 @@ for img in installer-base hello; do
   [ -d "$project/_out/images/$img" ] || { echo "bench/installer.sh: run make demo first ($project/_out/images/$img missing)" >&2; exit 1; }
 done
 ext=$work/payload-ext
+# The payload is data: its .ko files are renamed, or the modules-signed rule
+# would (rightly) refuse Debian's modules, signed by Debian's key.
+if [ -d "$ext" ] && [ -n "$(find "$ext" -name '*.ko' -print -quit)" ]; then rm -rf "$ext"; fi
 if [ ! -d "$ext" ]; then
   mkdir -p "$ext/rootfs/usr/local/share/payload"
   cp -a kimage/. "$ext/rootfs/usr/local/share/payload/"
+  find "$ext/rootfs" -name '*.ko' -exec mv {} {}.data \;
   printf 'version: v1alpha1\nmetadata:\n  name: payload\n  version: 1.0.0\n  author: bench\n  description: a large extension\n  compatibility:\n    talos:\n      version: ">= v1.9.0"\n' > "$ext/manifest.yaml"
 fi
 rm -rf payload-image && "$composer" pack "$ext" -o "oci:$work/payload-image:1.0.0" >/dev/null 2>&1

@@ -261,16 +261,19 @@ pub fn write_tree<W: Write>(root: &Path, out: W, epoch: u64) -> Result<W, Instal
     cpio::newc::trailer(out).map_err(io_err(root))
 }
 
-/// Compresses `data` as `how` (zstd level 18, xz preset 9 with CRC32,
-/// gzip level 9), deterministically.
+/// Compresses `data` as `how`, deterministically, at fast levels (zstd 3,
+/// xz preset 0 with CRC32, gzip 1): the appended archive is mostly squashfs
+/// images, compressed already. Measured on a 96.5 MB extension image: zstd
+/// 18 takes 38 s and saves 0.04 %, zstd 3 takes 0.2 s; xz preset 0 takes
+/// 19 s where preset 6 takes 65 s for the same size.
 pub fn compress(data: &[u8], how: Compression) -> Result<Vec<u8>, InstallerError> {
     let err = |e: io::Error| InstallerError::Base {
         message: format!("compressing the appended archive ({}): {e}", how.name()),
     };
     match how {
-        Compression::Zstd => zstd::stream::encode_all(data, 18).map_err(err),
+        Compression::Zstd => zstd::stream::encode_all(data, 3).map_err(err),
         Compression::Xz => {
-            let stream = xz2::stream::Stream::new_easy_encoder(9, xz2::stream::Check::Crc32)
+            let stream = xz2::stream::Stream::new_easy_encoder(0, xz2::stream::Check::Crc32)
                 .map_err(|e| err(io::Error::other(e)))?;
             let mut enc = xz2::write::XzEncoder::new_stream(Vec::new(), stream);
             enc.write_all(data).map_err(err)?;
@@ -279,7 +282,7 @@ pub fn compress(data: &[u8], how: Compression) -> Result<Vec<u8>, InstallerError
         Compression::Gzip => {
             let mut enc = flate2::GzBuilder::new()
                 .mtime(0)
-                .write(Vec::new(), flate2::Compression::best());
+                .write(Vec::new(), flate2::Compression::fast());
             enc.write_all(data).map_err(err)?;
             enc.finish().map_err(err)
         }
