@@ -77,11 +77,16 @@ pub fn mount(work: &Path, root: &Path, lowers: &[PathBuf]) -> Result<Overlay, St
 }
 
 /// The option string: `lowerdir=top:...:bottom,upperdir=..,workdir=..`,
-/// every path absolute.
+/// every path absolute. A layer given twice is kept at its last (highest)
+/// place, which is what copying it twice would show; overlayfs refuses
+/// the same directory twice.
 fn options(lowers: &[PathBuf], upper: &Path, scratch: &Path) -> Result<String, String> {
-    let mut lower = Vec::with_capacity(lowers.len());
+    let mut lower: Vec<String> = Vec::with_capacity(lowers.len());
     for l in lowers.iter().rev() {
-        lower.push(spell(l)?);
+        let l = spell(l)?;
+        if !lower.contains(&l) {
+            lower.push(l);
+        }
     }
     let s = format!(
         "lowerdir={},upperdir={},workdir={}",
@@ -156,6 +161,24 @@ mod tests {
             s,
             format!("lowerdir={b}/b:{b}/a,upperdir={b}/u,workdir={b}/w")
         );
+    }
+
+    #[test]
+    fn a_layer_given_twice_stays_only_at_its_highest_place() {
+        let d = tempfile::tempdir().unwrap();
+        for n in ["a", "b", "u", "w"] {
+            fs::create_dir(d.path().join(n)).unwrap();
+        }
+        let b = fs::canonicalize(d.path()).unwrap();
+        let b = b.display();
+        let (a, bb) = (d.path().join("a"), d.path().join("b"));
+        let s = options(
+            &[a.clone(), bb, a],
+            &d.path().join("u"),
+            &d.path().join("w"),
+        )
+        .unwrap();
+        assert!(s.starts_with(&format!("lowerdir={b}/a:{b}/b,")), "{s}");
     }
 
     #[test]
