@@ -8,22 +8,13 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::tree;
 use tempfile::TempDir;
 
 const PKGFILE: &str = "format: v1alpha2\nvars:\n  greeting: hello\n";
 
 /// A project: definitions under `p/`, cache in `cache/`, outputs in `_out/`.
 fn project(pkgs: &[(&str, &str)]) -> TempDir {
-    let mut files: Vec<(String, String)> = vec![("p/Pkgfile".into(), PKGFILE.into())];
-    for (path, text) in pkgs {
-        files.push((format!("p/{path}"), text.to_string()));
-    }
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    tree(&refs)
+    common::project(PKGFILE, pkgs)
 }
 
 fn build(dir: &Path, args: &[&str]) -> Output {

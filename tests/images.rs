@@ -10,7 +10,6 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::registry::Registry;
-use common::tree;
 use tempfile::TempDir;
 
 const PKGFILE: &str =
@@ -50,15 +49,12 @@ echo 'ACTION==\"add\"' > usr/lib/udev/rules.d/51-acme.rules
 printf '#!/bin/sh\\necho hi\\n' > usr/local/bin/acme && chmod 755 usr/local/bin/acme";
 
 fn project(pkgs: &[(&str, String)]) -> TempDir {
-    let mut files: Vec<(String, String)> = vec![("p/Pkgfile".into(), PKGFILE.into())];
-    for (name, text) in pkgs {
-        files.push((format!("p/{name}/pkg.yaml"), text.clone()));
-    }
-    let refs: Vec<(&str, &str)> = files
+    let files: Vec<(String, &String)> = pkgs
         .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .map(|(name, text)| (format!("{name}/pkg.yaml"), text))
         .collect();
-    tree(&refs)
+    let refs: Vec<(&str, &String)> = files.iter().map(|(a, b)| (a.as_str(), *b)).collect();
+    common::project(PKGFILE, &refs)
 }
 
 fn build(dir: &Path, args: &[&str]) -> Output {

@@ -10,7 +10,6 @@ use std::fs;
 use std::path::Path;
 use std::process::Output;
 
-use common::tree;
 use tempfile::TempDir;
 
 const PKGFILE: &str = "format: v1alpha2\n";
@@ -54,15 +53,7 @@ finalize:
 "#;
 
 fn project(pkgs: &[(&str, &str)]) -> TempDir {
-    let mut files: Vec<(String, String)> = vec![("p/Pkgfile".into(), PKGFILE.into())];
-    for (path, text) in pkgs {
-        files.push((format!("p/{path}"), text.to_string()));
-    }
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    tree(&refs)
+    common::project(PKGFILE, pkgs)
 }
 
 fn build(dir: &Path, cache: &str, targets: &[&str]) -> Output {

@@ -22,6 +22,21 @@ pub fn tree<C: AsRef<[u8]>>(files: &[(&str, C)]) -> TempDir {
     dir
 }
 
+/// A definitions tree under `p/`: `p/Pkgfile` with `pkgfile`, and each
+/// `(path under p/, contents)` pair.
+#[allow(dead_code)] // not every test binary uses it
+pub fn project<C: AsRef<str>>(pkgfile: &str, pkgs: &[(&str, C)]) -> TempDir {
+    let mut files: Vec<(String, String)> = vec![("p/Pkgfile".into(), pkgfile.into())];
+    for (path, text) in pkgs {
+        files.push((format!("p/{path}"), text.as_ref().to_string()));
+    }
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    tree(&refs)
+}
+
 /// Runs composer in `cwd` without colour; a panic is always a failure.
 #[allow(dead_code)] // not every test binary uses it
 pub fn composer(cwd: &Path, args: &[&str]) -> Output {
