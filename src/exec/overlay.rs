@@ -19,9 +19,11 @@
 //!   directory is removed.
 //! - The view is the one a copy would give (later inputs over earlier ones,
 //!   a later file or symlink hiding an earlier directory); only the way
-//!   there differs. Whenever an overlay cannot be made (not root, a path
-//!   overlayfs options cannot spell, a filesystem that refuses to be an
-//!   upper layer), the caller copies instead and says why.
+//!   there differs. Rootless builds copy. When an overlay cannot be made
+//!   as root (a path overlayfs options cannot spell, a filesystem that
+//!   refuses to be an upper layer), the caller copies instead and says why.
+//! - The `unsafe` block here is the `unshare` of the thread's mount
+//!   namespace; every other namespace is the sandbox's (bubblewrap).
 
 use std::cell::Cell;
 use std::ffi::CString;
@@ -52,14 +54,13 @@ impl Drop for Overlay {
 }
 
 /// Mounts at `root` an overlay of `lowers` (bottom layer first), with its
-/// upper and work directories under `work`. Every path must exist. Returns
-/// why not when an overlay cannot be used here; nothing is mounted then.
-pub fn mount(work: &Path, root: &Path, lowers: &[PathBuf]) -> Result<Overlay, String> {
-    if lowers.is_empty() {
-        return Err("no whole-tree input".into());
-    }
-    if !rustix::process::geteuid().is_root() {
-        return Err("overlay mounts need root".into());
+/// upper and work directories under `work`. Every path must exist.
+/// `Ok(None)` when there is nothing to layer or overlays are not for this
+/// process (not root: rootless builds copy); `Err` says why an overlay
+/// that should have worked could not be made. Nothing is mounted then.
+pub fn mount(work: &Path, root: &Path, lowers: &[PathBuf]) -> Result<Option<Overlay>, String> {
+    if lowers.is_empty() || !rustix::process::geteuid().is_root() {
+        return Ok(None);
     }
     let upper = work.join("upper");
     let scratch = work.join("overlay-work");
@@ -71,9 +72,9 @@ pub fn mount(work: &Path, root: &Path, lowers: &[PathBuf]) -> Result<Overlay, St
     private_namespace()?;
     rustix::mount::mount("overlay", root, "overlay", MountFlags::empty(), &*data)
         .map_err(|e| format!("mounting an overlay at {}: {e}", root.display()))?;
-    Ok(Overlay {
+    Ok(Some(Overlay {
         root: root.to_path_buf(),
-    })
+    }))
 }
 
 /// The option string: `lowerdir=top:...:bottom,upperdir=..,workdir=..`,

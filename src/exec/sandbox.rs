@@ -1,5 +1,6 @@
 //! The sandbox every script item runs in, driven through bubblewrap
-//! (`bwrap`), the one place where composer asks the kernel for namespaces.
+//! (`bwrap`), where composer asks the kernel for namespaces (the one other
+//! place: `overlay`'s private mount namespace for a stage thread).
 //!
 //! Why bubblewrap: it is a small, audited setuid-free helper that Debian,
 //! Fedora and most CI images ship; it does the mount, pid, ipc, uts, net and
@@ -22,7 +23,7 @@
 //! - stdout and stderr go, merged and in order, to a callback per line.
 //! - secret files (the session key in `--sign-in-tree` mode) reach the
 //!   sandbox through pipes into a tmpfs of its own: never the disk. This
-//!   is the one `unsafe` block (a `pre_exec` dup2).
+//!   is this module's one `unsafe` block (a `pre_exec` dup2).
 
 use std::fs;
 use std::io::{self, BufRead, BufReader};

@@ -199,11 +199,10 @@ fn run_in(
         .map(|(_, out)| out.clone())
         .collect();
     let (_overlay, copied) = match overlay::mount(work, &root, &lowers) {
-        Ok(o) => (Some(o), whole),
+        Ok(Some(o)) => (Some(o), whole),
+        Ok(None) => (None, 0),
         Err(why) => {
-            if whole > 0 && rustix::process::geteuid().is_root() {
-                emit(Event::Note(format!("inputs copied, not layered: {why}")));
-            }
+            emit(Event::Note(format!("inputs copied, not layered: {why}")));
             (None, 0)
         }
     };
