@@ -314,18 +314,7 @@ impl<'o> Client<'o> {
         let resp = self
             .raw(Method::GET, &url, &headers, None)
             .map_err(|e| self.transport(e, "GET token"))?;
-        let status = resp.status().as_u16();
-        if status == 401 || status == 403 {
-            let errors = remote_errors(resp);
-            return Err(RegistryError::Unauthorized {
-                reference: self.reference.clone(),
-                operation: format!("token for {scope}"),
-                status,
-                errors,
-                hint: self.lookup.hint(&self.registry, status),
-            });
-        }
-        if !(200..300).contains(&status) {
+        if !resp.status().is_success() {
             return Err(self.fail(resp, &format!("token for {scope}")));
         }
         let mut resp = resp;

@@ -301,9 +301,7 @@ impl RegistryError {
     pub fn is_retryable(&self) -> bool {
         match self {
             RegistryError::Transport { .. } => true,
-            RegistryError::Status { status, .. } => {
-                matches!(status, 408 | 429) || (500..600).contains(status)
-            }
+            RegistryError::Status { status, .. } => client::retryable_status(*status),
             _ => false,
         }
     }
