@@ -195,13 +195,6 @@ impl Report {
 
     /// The one-line tally printed after a list of problems.
     pub fn summary(&self) -> String {
-        let plural = |n: usize, word: &str| {
-            if n == 1 {
-                format!("1 {word}")
-            } else {
-                format!("{n} {word}s")
-            }
-        };
         format!(
             "{}, {}",
             plural(self.errors(), "error"),
@@ -216,6 +209,15 @@ impl fmt::Display for Report {
             writeln!(f, "{d}")?;
         }
         Ok(())
+    }
+}
+
+/// `1 error`, `2 errors`: a count with its noun (plural by `s`).
+pub fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
     }
 }
 

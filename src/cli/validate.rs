@@ -11,7 +11,7 @@ use super::{
     CliError, CliResult, Global, absolute_roots, parse_build_arg, parse_platform, print_report,
 };
 use crate::defs::{LoadOptions, Platform, load};
-use crate::diag::{Report, display_path};
+use crate::diag::{Report, display_path, plural};
 use crate::graph::Graph;
 
 #[derive(Args, Debug)]
@@ -97,10 +97,9 @@ pub fn run(global: &Global, args: &ValidateArgs) -> CliResult {
     } else {
         print_report(&report);
         eprintln!(
-            "{} packages in {} root{}: {}",
-            packages,
-            roots.len(),
-            if roots.len() == 1 { "" } else { "s" },
+            "{} in {}: {}",
+            plural(packages, "package"),
+            plural(roots.len(), "root"),
             report.summary()
         );
     }

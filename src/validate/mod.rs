@@ -46,6 +46,7 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 pub use crate::diag::Severity;
+use crate::diag::plural;
 use crate::sign::verify::Trusted;
 
 /// What kind of tree is validated.
@@ -205,13 +206,6 @@ impl Report {
 
     /// `3 rules run: 1 error, 2 warnings`.
     pub fn summary(&self) -> String {
-        let plural = |n: usize, word: &str| {
-            if n == 1 {
-                format!("1 {word}")
-            } else {
-                format!("{n} {word}s")
-            }
-        };
         format!(
             "{} run: {}, {}",
             plural(self.rules_run.len(), "rule"),
