@@ -71,9 +71,14 @@ impl std::str::FromStr for ArchArg {
 pub fn run(args: &ImageInstallerArgs) -> CliResult {
     let arch = args.arch.0;
     let epoch = source_date_epoch(&[])?.unwrap_or(0).max(0) as u64;
-    if let Some(p) = &args.push {
-        parse_registry(p).map_err(|e| CliError::user(format!("--push {p}: {e}")))?;
-    }
+    // Checked before any work: a mistyped --push must not cost a build.
+    let push = match &args.push {
+        Some(p) => Some((
+            p,
+            parse_registry(p).map_err(|e| CliError::user(format!("--push {p}: {e}")))?,
+        )),
+        None => None,
+    };
     let output = args
         .output
         .clone()
@@ -117,23 +122,20 @@ pub fn run(args: &ImageInstallerArgs) -> CliResult {
     let name_w = done
         .layers
         .iter()
-        .map(|l| l.info.name.len())
+        .map(|l| l.name.len())
         .max()
         .unwrap_or(4)
         .max(4);
     let ver_w = done
         .layers
         .iter()
-        .map(|l| l.info.version.len())
+        .map(|l| l.version.len())
         .max()
         .unwrap_or(7)
         .max(7);
     println!("{:<name_w$}  {:<ver_w$}  AUTHOR", "NAME", "VERSION");
     for l in &done.layers {
-        println!(
-            "{:<name_w$}  {:<ver_w$}  {}",
-            l.info.name, l.info.version, l.info.author
-        );
+        println!("{:<name_w$}  {:<ver_w$}  {}", l.name, l.version, l.author);
     }
     let repo_tag = args
         .image_name
@@ -155,9 +157,7 @@ pub fn run(args: &ImageInstallerArgs) -> CliResult {
         repo_tag,
         done.manifest.digest()
     );
-    if let Some(p) = &args.push {
-        let reference =
-            parse_registry(p).map_err(|e| CliError::user(format!("--push {p}: {e}")))?;
+    if let Some((p, reference)) = push {
         let tag = reference.tag.clone().unwrap_or_else(|| "latest".into());
         done.staging
             .layout

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use saphyr::{LoadableYamlNode, Yaml, YamlEmitter};
 
 use super::InstallerError;
-use crate::output::extension::{ManifestInfo, manifest_info};
+use crate::output::extension::{ManifestInfo, is_extension, metadata_info};
 
 /// An extension image unpacked to `root` (`manifest.yaml` + `rootfs/`).
 pub struct Extension {
@@ -37,13 +37,12 @@ fn input(reference: &str, message: impl Into<String>) -> InstallerError {
 
 /// Reads the manifest of an unpacked extension image.
 pub fn load(reference: &str, root: &Path) -> Result<Extension, InstallerError> {
-    if !root.join("manifest.yaml").is_file() || !root.join("rootfs").is_dir() {
+    if !is_extension(root) {
         return Err(input(
             reference,
             "not a system extension image: its root must hold manifest.yaml and rootfs/",
         ));
     }
-    let info = manifest_info(root).map_err(|e| input(reference, e.to_string()))?;
     let text = fs::read_to_string(root.join("manifest.yaml"))
         .map_err(|e| input(reference, format!("manifest.yaml: {e}")))?;
     let docs =
@@ -53,6 +52,7 @@ pub fn load(reference: &str, root: &Path) -> Result<Extension, InstallerError> {
         .and_then(|d| d.as_mapping_get("metadata"))
         .ok_or_else(|| input(reference, "manifest.yaml has no metadata"))?;
     let metadata = emit(node).map_err(|e| input(reference, e))?;
+    let info = metadata_info(Some(node));
     Ok(Extension {
         reference: reference.to_string(),
         root: root.to_path_buf(),

@@ -36,7 +36,7 @@ use crate::output::extension::ManifestInfo;
 use crate::output::publish::Staging;
 use crate::sign::verify::Trusted;
 use crate::validate::{Context, Kind, Selection, validate};
-use initramfs::{Compression, Initramfs};
+use initramfs::Initramfs;
 
 /// Why no installer image was made.
 #[derive(Debug, thiserror::Error)]
@@ -126,23 +126,12 @@ pub struct Request<'a> {
     pub epoch: u64,
 }
 
-/// One layer of the new initramfs.
-#[derive(Clone, Debug)]
-pub struct LayerInfo {
-    /// `N.sqsh`.
-    pub image: String,
-    pub info: ManifestInfo,
-    pub bytes: u64,
-}
-
 /// An assembled installer image, waiting in its staging layout.
 pub struct Assembled {
     pub staging: Staging,
     pub manifest: Descriptor,
-    /// The base kernel's release (when the base root holds modules).
-    pub release: Option<String>,
-    pub compression: Compression,
-    pub layers: Vec<LayerInfo>,
+    /// The manifest of each layer of the new initramfs, in layer order.
+    pub layers: Vec<ManifestInfo>,
     /// Validation warnings, one line each, prefixed with the extension.
     pub warnings: Vec<String>,
     /// Size of the new initramfs.
@@ -223,16 +212,16 @@ pub fn assemble(
     }
     let mut failures = Vec::new();
     let mut warnings = Vec::new();
+    let ctx = Context {
+        kind: Kind::Extension,
+        package: None,
+        trusted,
+        // Extension modules may depend on the base kernel's modules.
+        allow_in_tree_deps: true,
+        secret_patterns: Vec::new(),
+        talos_version: req.talos_version.clone(),
+    };
     for e in &exts {
-        let ctx = Context {
-            kind: Kind::Extension,
-            package: None,
-            trusted: trusted.clone(),
-            // Extension modules may depend on the base kernel's modules.
-            allow_in_tree_deps: true,
-            secret_patterns: Vec::new(),
-            talos_version: req.talos_version.clone(),
-        };
         let report =
             validate(&e.root, &ctx, &selection).map_err(|err| InstallerError::Extension {
                 reference: e.reference.clone(),
@@ -264,7 +253,7 @@ pub fn assemble(
     let mut release = None;
     let mut dependency = None;
     if !with_modules.is_empty() {
-        if trusted.is_empty() {
+        if ctx.trusted.is_empty() {
             return Err(InstallerError::Base {
                 message: format!(
                     "its kernel trusts no module signing key{}, so the modules of {} cannot load",
@@ -347,8 +336,8 @@ pub fn assemble(
             "squashfs {image}: {} {} ({bytes} bytes)",
             info.name, info.version
         ));
-        yaml_layers.push((image.clone(), metadata));
-        layers.push(LayerInfo { image, info, bytes });
+        yaml_layers.push((image, metadata));
+        layers.push(info);
         Ok::<(), InstallerError>(())
     };
     for e in &exts {
@@ -398,8 +387,6 @@ pub fn assemble(
     Ok(Assembled {
         staging,
         manifest,
-        release,
-        compression: base_initrd.compression,
         layers,
         warnings,
         initramfs_bytes: bytes.len() as u64,

@@ -42,21 +42,28 @@ pub fn manifest_info(tree: &Path) -> Result<ManifestInfo, OutputError> {
         path: path.clone(),
         message: e.to_string(),
     })?;
+    Ok(metadata_info(
+        docs.first().and_then(|d| d.as_mapping_get("metadata")),
+    ))
+}
+
+/// The fields composer reads from a manifest's parsed `metadata` mapping
+/// (empty when absent).
+pub fn metadata_info(metadata: Option<&saphyr::Yaml<'_>>) -> ManifestInfo {
     let get = |key: &str| -> String {
-        docs.first()
-            .and_then(|d| d.as_mapping_get("metadata"))
+        metadata
             .and_then(|m| m.as_mapping_get(key))
             .and_then(|v| v.as_str())
             .unwrap_or_default()
             .trim()
             .to_string()
     };
-    Ok(ManifestInfo {
+    ManifestInfo {
         name: get("name"),
         version: get("version"),
         description: get("description"),
         author: get("author"),
-    })
+    }
 }
 
 /// The labels of an image: the Pkgfile's labels, then the standard ones.
