@@ -136,25 +136,7 @@ fn demo_tree_cross_compiles_for_arm64_and_its_module_verifies_and_loads() {
 
     // The kernel agrees: boot it and load each variant of the module.
     let console = boot_with_module_variants(&o.join("kernel/boot/vmlinuz"), &ko);
-    for (variant, expected) in [
-        ("unsigned", "refused"),
-        ("foreign", "refused"),
-        ("tampered", "refused"),
-        ("good", "loaded"),
-    ] {
-        let line = console
-            .lines()
-            .find(|l| l.starts_with(&format!("RESULT {variant} ")))
-            .unwrap_or_else(|| panic!("no result for {variant}:\n{console}"));
-        assert!(line.contains(expected), "{line}\n{console}");
-        if expected == "refused" {
-            assert!(line.contains("Key was rejected by service"), "{line}");
-        }
-    }
-    assert!(
-        console.contains("hello_pcie "),
-        "listed in /proc/modules:\n{console}"
-    );
+    common::demo::assert_module_variants(&console);
 
     // Nothing changed: everything is cached.
     let (_, e) = build(p.path(), &["-v", "kernel", "hello-module"]);
@@ -201,7 +183,6 @@ int main(void) {
 /// aarch64 `/init` and four copies of the module (unsigned, signed by
 /// another key, tampered, good); returns the serial console.
 fn boot_with_module_variants(image: &Path, ko: &Path) -> String {
-    use composer::sign::{Session, kmod};
     let d = tempfile::tempdir().unwrap();
     let root = d.path().join("initramfs");
     for dir in ["m", "proc", "dev"] {
@@ -214,18 +195,7 @@ fn boot_with_module_variants(image: &Path, ko: &Path) -> String {
             .arg(root.join("init"))
             .arg(d.path().join("init.c")),
     );
-    let good = fs::read(ko).unwrap();
-    let content = kmod::unsigned_content(&good).unwrap().to_vec();
-    let foreign = Session::start().unwrap().sign_module(&content).unwrap();
-    let mut tampered = good.clone();
-    let mid = content.len() / 2;
-    tampered[mid] ^= 0x01;
-    for (name, bytes) in [
-        ("good", &good),
-        ("unsigned", &content),
-        ("foreign", &foreign),
-        ("tampered", &tampered),
-    ] {
+    for (name, bytes) in common::demo::module_variants(ko) {
         fs::write(root.join(format!("m/{name}.ko")), bytes).unwrap();
     }
     common::sh(

@@ -111,25 +111,7 @@ fn demo_tree_builds_kernel_and_module_then_caches_and_rebuilds_only_the_session(
 
     // The kernel agrees: boot it and load each variant of the module.
     let console = boot_with_module_variants(&o.join("kernel/boot/vmlinuz"), &ko);
-    for (variant, expected) in [
-        ("unsigned", "refused"),
-        ("foreign", "refused"),
-        ("tampered", "refused"),
-        ("good", "loaded"),
-    ] {
-        let line = console
-            .lines()
-            .find(|l| l.starts_with(&format!("RESULT {variant} ")))
-            .unwrap_or_else(|| panic!("no result for {variant}:\n{console}"));
-        assert!(line.contains(expected), "{line}\n{console}");
-        if expected == "refused" {
-            assert!(line.contains("Key was rejected by service"), "{line}");
-        }
-    }
-    assert!(
-        console.contains("hello_pcie "),
-        "listed in /proc/modules:\n{console}"
-    );
+    common::demo::assert_module_variants(&console);
 
     assert!(
         stdout.contains("installer-base\timage\toci:_out/images/installer-base:6.1\tsha256:"),
@@ -262,25 +244,13 @@ fn extension_and_kmod_images(project: &Path, rel: &str) {
 /// copies of the module (unsigned, signed by another key, tampered, good);
 /// returns the serial console.
 fn boot_with_module_variants(vmlinuz: &Path, ko: &Path) -> String {
-    use composer::sign::{Session, kmod};
     let d = tempfile::tempdir().unwrap();
     let root = d.path().join("initramfs");
     for dir in ["bin", "m", "proc", "tmp", "dev"] {
         fs::create_dir_all(root.join(dir)).unwrap();
     }
     fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    let good = fs::read(ko).unwrap();
-    let content = kmod::unsigned_content(&good).unwrap().to_vec();
-    let foreign = Session::start().unwrap().sign_module(&content).unwrap();
-    let mut tampered = good.clone();
-    let mid = content.len() / 2;
-    tampered[mid] ^= 0x01;
-    for (name, bytes) in [
-        ("good", &good),
-        ("unsigned", &content),
-        ("foreign", &foreign),
-        ("tampered", &tampered),
-    ] {
+    for (name, bytes) in common::demo::module_variants(ko) {
         fs::write(root.join(format!("m/{name}.ko")), bytes).unwrap();
     }
     let init = "#!/bin/busybox sh\n\
@@ -292,16 +262,11 @@ fn boot_with_module_variants(vmlinuz: &Path, ko: &Path) -> String {
         /bin/busybox cat /proc/modules\n\
         /bin/busybox poweroff -f\n";
     fs::write(root.join("init"), init).unwrap();
-    let sh = |cmd: &str| {
-        let st = Command::new("bash")
-            .args(["-c", cmd])
-            .current_dir(&root)
-            .status()
-            .unwrap();
-        assert!(st.success(), "{cmd}");
-    };
-    sh("chmod 0755 init bin/busybox && mknod -m 0600 dev/console c 5 1");
-    sh("find . | /bin/busybox cpio -o -H newc > ../initramfs.cpio 2>/dev/null");
+    common::sh(
+        &root,
+        "chmod 0755 init bin/busybox && mknod -m 0600 dev/console c 5 1 && \
+         find . | /bin/busybox cpio -o -H newc > ../initramfs.cpio 2>/dev/null",
+    );
     qemu_boot(vmlinuz, &d.path().join("initramfs.cpio"))
 }
 

@@ -1,6 +1,7 @@
 //! The bundled demo tree for tests that build it: a copy to change freely,
 //! the build arguments for Debian's linux-source-6.1, and what the outputs
-//! hold (the kernel release, a module's modinfo).
+//! hold (the kernel release, a module's modinfo), and the module variants
+//! a boot test loads (good, unsigned, foreign, tampered).
 #![allow(dead_code)] // not every test binary uses every helper
 
 use std::fs;
@@ -65,4 +66,47 @@ pub fn modinfo(ko: &Path, field: &str) -> String {
         .unwrap();
     assert!(o.status.success(), "modinfo {}", ko.display());
     String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// The built module `ko` and three copies the kernel must refuse: without
+/// its signature, signed by another session's key, and with one byte of
+/// its content flipped. Named as the boot tests' init reports them.
+pub fn module_variants(ko: &Path) -> [(&'static str, Vec<u8>); 4] {
+    use composer::sign::{Session, kmod};
+    let good = fs::read(ko).unwrap();
+    let content = kmod::unsigned_content(&good).unwrap().to_vec();
+    let foreign = Session::start().unwrap().sign_module(&content).unwrap();
+    let mut tampered = good.clone();
+    tampered[content.len() / 2] ^= 0x01;
+    [
+        ("good", good),
+        ("unsigned", content),
+        ("foreign", foreign),
+        ("tampered", tampered),
+    ]
+}
+
+/// What the booted kernel said of each variant (`RESULT <name> loaded` or
+/// `RESULT <name> refused: <error>`): only the good one loads, the others
+/// are rejected for their key, and the good one is in /proc/modules.
+pub fn assert_module_variants(console: &str) {
+    for (variant, expected) in [
+        ("unsigned", "refused"),
+        ("foreign", "refused"),
+        ("tampered", "refused"),
+        ("good", "loaded"),
+    ] {
+        let line = console
+            .lines()
+            .find(|l| l.starts_with(&format!("RESULT {variant} ")))
+            .unwrap_or_else(|| panic!("no result for {variant}:\n{console}"));
+        assert!(line.contains(expected), "{line}\n{console}");
+        if expected == "refused" {
+            assert!(line.contains("Key was rejected by service"), "{line}");
+        }
+    }
+    assert!(
+        console.contains("hello_pcie "),
+        "listed in /proc/modules:\n{console}"
+    );
 }
