@@ -29,14 +29,11 @@ LINUX_ARGS = --build-arg LINUX_SOURCE_SHA256=$$(sha256sum $(LINUX_SOURCE) | cut 
 
 .PHONY: setup demo test bench release
 
-# System packages, installed only when missing.
+# System packages, installed only when missing (scripts/setup.sh; it also
+# resolves a conflict with a package the machine carries from no configured
+# source, and says what it changed).
 setup:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
-	fi
+	@scripts/setup.sh $(APT_PACKAGES)
 
 release:
 	$(CARGO) build --release --locked
