@@ -5,7 +5,6 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 COMPOSER := target/release/composer
-LINUX_SOURCE := /usr/src/linux-source-6.1.tar.xz
 # linux-source-6.1: the demo kernel's source. build-essential ... kmod: what
 # the demo's variant-host stages compile the kernel with. gcc-aarch64-linux-gnu:
 # the cross compiler for `--platform linux/arm64` on an x86_64 machine.
@@ -22,11 +21,6 @@ APT_PACKAGES := linux-source-6.1 build-essential flex bison bc libelf-dev libssl
                 docker-registry zstd openssl qemu-system-x86 busybox-static squashfs-tools cpio \
                 qemu-system-arm libc6-dev-arm64-cross
 
-# The demo kernel's source checksums come from the installed Debian package,
-# which changes when Debian updates it: computed here, never hard-coded.
-LINUX_ARGS = --build-arg LINUX_SOURCE_SHA256=$$(sha256sum $(LINUX_SOURCE) | cut -d' ' -f1) \
-             --build-arg LINUX_SOURCE_SHA512=$$(sha512sum $(LINUX_SOURCE) | cut -d' ' -f1)
-
 .PHONY: setup demo test bench release
 
 # System packages, installed only when missing (scripts/setup.sh; it also
@@ -38,23 +32,17 @@ setup:
 release:
 	$(CARGO) build --release --locked
 
-# The whole chain on the demo tree: checks the definitions, builds the
-# kernel, the fixture module, the hello extension image and the base
-# installer image in one signing session (the first run compiles the
-# kernel: minutes; later runs are cached), folds the extension into the
-# installer (_out/installer-amd64.tar), then boots it under QEMU and checks
-# that the extension's signed module loads under module.sig_enforce=1.
-DEMO_TARGETS := kernel hello-module hello installer-base
+# The whole chain on the demo tree (scripts/demo.sh): checks the
+# definitions, builds the kernel, the fixture module, the real HailoRT driver
+# (from ../shared/sources when present), their extension images and the base
+# installer in one signing session (the first run compiles the kernel:
+# minutes; later runs are cached), verifies every module against the kernel,
+# folds the extensions into the installer (_out/installer-amd64.tar), then
+# boots it under QEMU and checks that both extension modules load under
+# module.sig_enforce=1. HAILORT_FIRMWARE=PATH: the real Hailo-8 firmware
+# (else a generated stand-in, said so).
 demo: setup release
-	$(COMPOSER) validate --strict $(LINUX_ARGS)
-	$(COMPOSER) graph $(DEMO_TARGETS) $(LINUX_ARGS)
-	$(COMPOSER) build $(DEMO_TARGETS) $(LINUX_ARGS)
-	$(COMPOSER) verify _out/hello-module --kernel _out/kernel/boot/vmlinuz
-	$(COMPOSER) image-installer --arch amd64 \
-	  --base-installer-image oci:_out/images/installer-base:$$($(COMPOSER) eval -t installer-base '{{ .VERSION }}' $(LINUX_ARGS)) \
-	  --system-extension-image oci:_out/images/hello:$$($(COMPOSER) eval -t hello '{{ .VERSION }}' $(LINUX_ARGS)) \
-	  --output _out/installer-amd64.tar
-	scripts/boot-check.sh _out/installer-amd64.tar
+	scripts/demo.sh $(COMPOSER)
 
 # Everything the tests need is installed by `setup`; the kernel test
 # (tests/kernel.rs) compiles the demo kernel with a cache in target/.

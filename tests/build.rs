@@ -764,3 +764,40 @@ fn running_as_root() -> bool {
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
+
+#[test]
+fn without_a_terminal_a_running_stage_reports_elapsed_time_phase_and_last_line() {
+    let slow = r#"name: slow
+variant: host
+shell: /bin/bash
+steps:
+  - build:
+      - echo compiling part one; sleep 4; echo compiling part two
+    install:
+      - install -d /out && touch /out/done
+finalize:
+  - from: /out
+    to: /
+"#;
+    let d = project(&[("slow/pkg.yaml", slow)]);
+    let e = ok(&build(d.path(), &["slow", "--progress-interval", "1"]));
+    let beats: Vec<&str> = e
+        .lines()
+        .filter(|l| l.starts_with("slow: still running after "))
+        .collect();
+    assert!(beats.len() >= 2, "a heartbeat every second:\n{e}");
+    assert!(
+        beats
+            .iter()
+            .any(|l| l.contains("build") && l.contains("last output: compiling part one")),
+        "phase and last line:\n{e}"
+    );
+    // The stage's end is reported as before, after its heartbeats.
+    let end = e.find("slow: built in").expect("end line");
+    assert!(e.find(beats[0]).unwrap() < end, "{e}");
+
+    // With the default interval (30 s) a 4-second stage says nothing more.
+    let d = project(&[("slow/pkg.yaml", slow)]);
+    let quiet = ok(&build(d.path(), &["slow"]));
+    assert!(!quiet.contains("still running"), "{quiet}");
+}

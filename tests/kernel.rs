@@ -4,11 +4,15 @@
 //! with `module.sig_enforce=1` and proves the session-signed module loads
 //! while unsigned, foreign-key and tampered copies are refused. Needs what
 //! `make setup` installs. The cache lives in target/ so later runs are
-//! warm; the first run compiles the kernel (minutes). One test function:
+//! warm; the first run compiles the kernel (minutes). The demo chain is one
+//! test function:
 //! the steps share one expensive build, and the installer built from it
-//! boots too (tests/kernel/installer.rs).
+//! boots too (tests/kernel/installer.rs). A second test takes the real
+//! HailoRT driver through the same chain (tests/kernel/hailort.rs).
 
 mod common;
+#[path = "kernel/hailort.rs"]
+mod hailort;
 #[path = "kernel/installer.rs"]
 mod installer;
 
@@ -154,6 +158,13 @@ fn demo_tree_builds_kernel_and_module_then_caches_and_rebuilds_only_the_session(
     );
     assert!(e.contains("built 5 stage(s), 1 cached"), "{e}");
     assert_eq!(release(&o), rel);
+}
+
+/// The real HailoRT driver through build, verify, image-installer and a
+/// boot (tests/kernel/hailort.rs).
+#[test]
+fn the_real_hailort_driver_builds_verifies_and_loads_at_boot() {
+    hailort::hailort_chain();
 }
 
 /// The demo's extension image (built with the kernel) and a KMM image of

@@ -3,8 +3,6 @@
 //! terminal: a live view of running stages on a terminal, plain lines
 //! otherwise.
 
-use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::OnceLock;
@@ -12,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
+use super::progress::{View, human};
 use super::{CliError, CliResult, Global, RenderOpts, load_checked};
-use crate::exec::{self, Progress, SessionCert};
+use crate::exec::{self, SessionCert};
 use crate::graph::Graph;
 use crate::sign::Session;
 use crate::sign::hooks::Hooks;
@@ -58,6 +56,11 @@ pub struct BuildArgs {
     /// disk; composer still signs every module afterwards.
     #[arg(long)]
     pub sign_in_tree: bool,
+    /// Without a terminal, report every running stage at least this often
+    /// (elapsed time, phase, last log line), so a log shows a slow stage is
+    /// not a hung one.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub progress_interval: u64,
     #[command(flatten)]
     pub images: super::images::ImageArgs,
     #[command(flatten)]
@@ -139,7 +142,10 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
         session: &session,
         in_tree: args.sign_in_tree,
     };
-    let mut view = View::new(global.verbose);
+    let mut view = View::new(
+        global.verbose,
+        Duration::from_secs(args.progress_interval.max(1)),
+    );
     let image_epoch = epoch.unwrap_or(0).max(0) as u64;
     let mut pending = None;
     // Images are validated and packed while the outputs are still in the
@@ -203,151 +209,5 @@ pub fn source_date_epoch(build_args: &[(String, String)]) -> Result<Option<i64>,
                 "SOURCE_DATE_EPOCH must be a number of seconds, got `{v}`"
             ))
         }),
-    }
-}
-
-fn human(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s < 60.0 {
-        format!("{s:.1}s")
-    } else {
-        format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
-    }
-}
-
-/// The progress display.
-struct View {
-    verbose: u8,
-    multi: Option<MultiProgress>,
-    bars: HashMap<String, (ProgressBar, String)>,
-    started: HashMap<String, Instant>,
-}
-
-impl View {
-    fn new(verbose: u8) -> View {
-        let tty = std::io::stderr().is_terminal();
-        View {
-            verbose,
-            multi: tty.then(MultiProgress::new),
-            bars: HashMap::new(),
-            started: HashMap::new(),
-        }
-    }
-
-    fn say(&self, line: String) {
-        match &self.multi {
-            Some(m) => {
-                let _ = m.println(line);
-            }
-            None => eprintln!("{line}"),
-        }
-    }
-
-    fn show(&mut self, p: Progress) {
-        match p {
-            Progress::WaitingForLock(dir) => self.say(format!(
-                "waiting for another composer using the cache {}",
-                dir.display()
-            )),
-            Progress::Planned {
-                stage,
-                cached,
-                reasons,
-            } => {
-                if cached {
-                    if self.verbose > 0 {
-                        self.say(format!("{stage}: cached"));
-                    }
-                } else if self.verbose > 0 {
-                    self.say(format!("{stage}: to build, because:"));
-                    for r in reasons {
-                        self.say(format!("    {r}"));
-                    }
-                }
-            }
-            Progress::SessionStarted {
-                id,
-                description,
-                stages,
-            } => self.say(format!(
-                "signing session {} ({description}) for {}",
-                &id[..16.min(id.len())],
-                stages.join(", ")
-            )),
-            Progress::SessionReused { id } => {
-                if self.verbose > 0 {
-                    self.say(format!(
-                        "signing session {}: all its stages are cached",
-                        &id[..16.min(id.len())]
-                    ));
-                }
-            }
-            Progress::Started(stage) => {
-                self.started.insert(stage.clone(), Instant::now());
-                match &self.multi {
-                    Some(m) => {
-                        let bar = m.add(ProgressBar::new_spinner());
-                        bar.set_style(
-                            ProgressStyle::with_template(
-                                "{spinner} {prefix:.bold} {elapsed:>4} {wide_msg}",
-                            )
-                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                        );
-                        bar.set_prefix(stage.clone());
-                        bar.enable_steady_tick(Duration::from_millis(120));
-                        self.bars.insert(stage, (bar, String::new()));
-                    }
-                    None => eprintln!("{stage}: started"),
-                }
-            }
-            Progress::Phase { stage, phase } => match self.bars.get_mut(&stage) {
-                Some((bar, p)) => {
-                    bar.set_message(phase.clone());
-                    *p = phase;
-                }
-                None => {
-                    if self.verbose > 0 {
-                        eprintln!("{stage}: {phase}");
-                    }
-                }
-            },
-            Progress::Line { stage, line } => {
-                if let Some((bar, phase)) = self.bars.get(&stage) {
-                    let line: String = line.chars().take(120).collect();
-                    bar.set_message(format!("{phase}: {line}"));
-                } else if self.verbose > 1 {
-                    eprintln!("{stage}| {line}");
-                }
-            }
-            Progress::Note { stage, note } => self.say(format!("{stage}: {note}")),
-            Progress::Finished { stage, elapsed } => {
-                if let Some((bar, _)) = self.bars.remove(&stage) {
-                    bar.finish_and_clear();
-                }
-                self.say(format!("{stage}: built in {}", human(elapsed)));
-            }
-            Progress::Failed { stage } => {
-                if let Some((bar, _)) = self.bars.remove(&stage) {
-                    bar.finish_and_clear();
-                }
-                let t = self
-                    .started
-                    .get(&stage)
-                    .map(|s| human(s.elapsed()))
-                    .unwrap_or_default();
-                self.say(format!("{stage}: FAILED after {t}"));
-            }
-            Progress::Exported { target, path } => {
-                if self.verbose > 0 {
-                    self.say(format!("{target}: output in {}", path.display()));
-                }
-            }
-        }
-    }
-
-    fn clear(&mut self) {
-        for (_, (bar, _)) in self.bars.drain() {
-            bar.finish_and_clear();
-        }
     }
 }

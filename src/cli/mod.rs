@@ -12,6 +12,7 @@ mod images;
 mod matrix;
 mod new;
 mod pack;
+mod progress;
 mod render;
 mod rules;
 mod validate;

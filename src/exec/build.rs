@@ -60,6 +60,10 @@ pub struct SessionCert {
     pub private_pem: Option<std::sync::Arc<zeroize::Zeroizing<Vec<u8>>>>,
 }
 
+/// How long the scheduler waits for a stage's news before it reports a
+/// `Progress::Tick`.
+pub const TICK: Duration = Duration::from_secs(1);
+
 /// What the build reports, in order, on the calling thread.
 pub enum Progress {
     WaitingForLock(PathBuf),
@@ -97,6 +101,9 @@ pub enum Progress {
     Failed {
         stage: String,
     },
+    /// Nothing happened for `TICK`: running stages are still running (a
+    /// display without a terminal says so now and then).
+    Tick,
     Exported {
         target: String,
         path: PathBuf,
@@ -538,7 +545,14 @@ fn schedule(
             if running == 0 {
                 break;
             }
-            let Ok((i, msg)) = rx.recv() else { break };
+            let (i, msg) = match rx.recv_timeout(TICK) {
+                Ok(m) => m,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    on(Progress::Tick);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             let stage_name = planned[i].package.pkg.name.value.clone();
             match msg {
                 Msg::Event(Event::Phase(phase)) => on(Progress::Phase {

@@ -4,7 +4,9 @@
 //! initramfs boot under QEMU (TCG) with `module.sig_enforce=1`, where the
 //! base's /init overlays the extension layers and modprobes the module.
 //! Extensions whose module comes from another signing session, or for
-//! another kernel release, are refused before anything is written.
+//! another kernel release, are refused before anything is written; let
+//! through with `--skip-rule`, the kernel refuses the module at boot and
+//! `scripts/boot-check.sh` fails, naming it.
 
 use std::fs;
 use std::path::Path;
@@ -29,6 +31,17 @@ fn image_installer(project: &Path, extensions: &[&str], output: &str) -> std::pr
         args.push(e);
     }
     common::composer(project, &args)
+}
+
+/// `scripts/boot-check.sh TAR --expect M...`, run in `project`.
+pub fn boot_check(project: &Path, tar: &str, expect: &[&str]) -> std::process::Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/boot-check.sh");
+    let mut cmd = Command::new(script);
+    cmd.current_dir(project).arg(tar);
+    for m in expect {
+        cmd.args(["--expect", m]);
+    }
+    cmd.output().unwrap()
 }
 
 fn no_staging_left(dir: &Path) {
@@ -121,6 +134,18 @@ pub fn installer_end_to_end(project: &Path, rel: &str) {
         assert!(console.contains(line), "missing `{line}`:\n{console}");
     }
     assert!(console.contains("sig_enforce=Y"), "{console}");
+    let check = boot_check(project, "_out/installer-amd64.tar", &["hello_pcie"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&check.stdout)
+            .contains("extension module(s) hello_pcie loaded under module.sig_enforce=1"),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
 
     // A module signed in another session (another ephemeral key) is
     // refused at image-installer time, and nothing is written.
@@ -145,6 +170,36 @@ pub fn installer_end_to_end(project: &Path, rel: &str) {
     assert!(e.contains("no installer image written"), "{e}");
     assert!(!out.join("foreign.tar").exists());
     no_staging_left(&out);
+
+    // Let through on purpose, the same module reaches the kernel, which
+    // refuses it: the boot check fails, naming the module and the reason.
+    let cache = super::cache_dir();
+    let o = common::composer(
+        project,
+        &[
+            "image-installer",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--base-installer-image",
+            "oci:_out/images/installer-base:6.1",
+            "--system-extension-image",
+            &foreign,
+            "--skip-rule",
+            "modules-signed",
+            "--output",
+            "_out/foreign.tar",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let check = boot_check(project, "_out/foreign.tar", &[]);
+    let e = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(1), "{e}");
+    assert!(e.contains("boot check FAILED"), "{e}");
+    assert!(
+        e.contains("module hello_pcie NOT loaded") && e.contains("Key was rejected by service"),
+        "the module and the kernel's reason: {e}"
+    );
+    assert!(!String::from_utf8_lossy(&check.stdout).contains("boot check passed"));
 
     // Modules for another kernel release are refused too.
     let other = foreign_extension(
