@@ -44,9 +44,14 @@ release:
 demo: setup release
 	scripts/demo.sh $(COMPOSER)
 
-# Everything the tests need is installed by `setup`; the kernel test
-# (tests/kernel.rs) compiles the demo kernel with a cache in target/.
+# Everything the tests need is installed by `setup`, and spdx-tools (PyPI),
+# the SPDX reader tests/sbom.rs checks composer's SBOMs with, by pip when
+# that version is missing; the kernel test (tests/kernel.rs) compiles the
+# demo kernel with a cache in target/.
+SPDX_TOOLS_VERSION := 0.8.5
 test: setup
+	@python3 -c 'import importlib.metadata as m, sys; sys.exit(m.version("spdx-tools") != "$(SPDX_TOOLS_VERSION)")' 2>/dev/null || \
+	  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'spdx-tools==$(SPDX_TOOLS_VERSION)'
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \

@@ -15,6 +15,7 @@ mod pack;
 mod progress;
 mod render;
 mod rules;
+mod sbom;
 mod validate;
 mod validate_rootfs;
 mod verify;
@@ -148,6 +149,11 @@ pub enum Command {
         after_help = "Examples:\n  composer rules\n  composer rules --list --json | jq -r '.[].name'"
     )]
     Rules(rules::RulesArgs),
+    /// Print the SPDX 2.3 documents (SBOMs) a target carries, as a build writes them, without building.
+    #[command(
+        after_help = "A step's `sbom:` (outputPath, name, version, cpes, purl, licenses, customLicenses) makes\nthe build write an SPDX document at outputPath in the stage's filesystem; finalize and\ndependency merges carry it into the outputs built from the stage (an extension that\nmerges a module stage at /rootfs carries its document under /rootfs/usr/local/share/spdx).\nThis prints those documents from the definitions: the same bytes the build writes, given\nthe same --build-arg and SOURCE_DATE_EPOCH. Several documents are printed one after another.\n\nExamples:\n  composer sbom hailort-pkg\n  composer sbom hello --list\n  composer sbom hailort --stage hailort-pkg -o hailort.spdx.json\n  SOURCE_DATE_EPOCH=1700000000 composer sbom hello-module | jq '.packages[0].licenseDeclared'"
+    )]
+    Sbom(sbom::SbomArgs),
     /// Inspect, prune or verify the build cache.
     #[command(
         after_help = "Examples:\n  composer cache ls\n  composer cache prune --older-than 7\n  composer cache verify --repair"
@@ -181,6 +187,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Pack(a) => pack::run(g, a),
         Command::ValidateRootfs(a) => validate_rootfs::run(g, a),
         Command::Rules(a) => rules::run(g, a),
+        Command::Sbom(a) => sbom::run(g, a),
         Command::ImageInstaller(a) => image_installer::run(a),
     }
 }

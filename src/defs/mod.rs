@@ -3,11 +3,13 @@
 //!
 //! Flow inside this phase: `load` walks the roots → `vars` builds each
 //! directory's variables → `template` renders → `yaml` parses with positions
-//! → `pkgfile`/`pkg` read the documents into `schema` types.
+//! → `pkgfile`/`pkg` read the documents into `schema` types (`sbom` reads
+//! and checks a step's `sbom:`).
 
 pub mod load;
 pub mod pkg;
 pub mod pkgfile;
+pub mod sbom;
 pub mod schema;
 pub mod sprig;
 pub mod template;

@@ -10,8 +10,9 @@
 
 use std::path::Path;
 
+use super::sbom::read_sbom;
 use super::schema::{
-    Dependency, DependencyKind, Finalize, Network, Pkg, Sbom, Source, Spanned, Step, Variant,
+    Dependency, DependencyKind, Finalize, Network, Pkg, Source, Spanned, Step, Variant,
 };
 use super::yaml::{Node, Reader, join};
 use crate::diag::{Diagnostic, suggest};
@@ -39,16 +40,6 @@ const STEP_KEYS: &[&str] = &[
     "sbom",
 ];
 const SOURCE_KEYS: &[&str] = &["url", "destination", "sha256", "sha512"];
-const SBOM_KEYS: &[&str] = &[
-    "outputPath",
-    "name",
-    "version",
-    "cpes",
-    "cpe",
-    "purl",
-    "licenses",
-    "customLicenses",
-];
 const FINALIZE_KEYS: &[&str] = &["from", "to"];
 
 /// Reads the root node of a `pkg.yaml` in `dir`. `None` when the document is
@@ -273,42 +264,6 @@ fn read_step(r: &mut Reader<'_>, node: &Node<'_>, field: &str) -> Step {
         }
     }
     step
-}
-
-fn read_sbom(r: &mut Reader<'_>, node: &Node<'_>, field: &str) -> Sbom {
-    let mut sbom = Sbom::default();
-    for (k, v) in r.mapping(node, field, SBOM_KEYS) {
-        let path = join(field, &k);
-        match k.as_ref() {
-            "outputPath" => {
-                sbom.output_path = r.string(v, &path).map_or_else(String::new, |s| s.value)
-            }
-            "name" => sbom.name = r.string(v, &path).map_or_else(String::new, |s| s.value),
-            "version" => sbom.version = r.string(v, &path).map_or_else(String::new, |s| s.value),
-            "purl" => sbom.purl = r.string(v, &path).map_or_else(String::new, |s| s.value),
-            "cpe" => sbom.cpes.extend(r.string(v, &path).map(|s| s.value)),
-            "cpes" => sbom.cpes.extend(values(r.strings(v, &path))),
-            "licenses" => sbom.licenses = values(r.strings(v, &path)),
-            _ => {
-                for (i, item) in r.sequence(v, &path).into_iter().enumerate() {
-                    let field = format!("{path}[{i}]");
-                    let (mut id, mut text) = (String::new(), String::new());
-                    for (ck, cv) in r.mapping(item, &field, &["id", "text"]) {
-                        let val = r
-                            .string(cv, &join(&field, &ck))
-                            .map_or_else(String::new, |s| s.value);
-                        if ck == "id" {
-                            id = val;
-                        } else {
-                            text = val;
-                        }
-                    }
-                    sbom.custom_licenses.push((id, text));
-                }
-            }
-        }
-    }
-    sbom
 }
 
 fn read_source(r: &mut Reader<'_>, node: &Node<'_>, field: &str) -> Option<Source> {

@@ -90,15 +90,29 @@ pub enum Network {
     Host,
 }
 
+/// One `licenses` entry of a step's `sbom`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum License {
+    /// An SPDX license expression, as written.
+    Expression(String),
+    /// A lone word that is no SPDX identifier (`CUSTOM`): written as
+    /// `LicenseRef-<word>` with the word as its text, as bldr does.
+    Name(String),
+}
+
+/// A step's `sbom`: the SPDX document the step writes at `output_path`
+/// (a path in the stage's filesystem) after its scripts.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Sbom {
     pub output_path: String,
+    /// Empty: the stage's name.
     pub name: String,
     pub version: String,
     pub cpes: Vec<String>,
     pub purl: String,
-    pub licenses: Vec<String>,
-    /// `customLicenses`: (id, text) pairs.
+    pub licenses: Vec<License>,
+    /// `customLicenses`: (`LicenseRef-…` id, text) pairs.
     pub custom_licenses: Vec<(String, String)>,
 }
 

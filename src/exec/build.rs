@@ -240,6 +240,10 @@ pub fn build_gated(
             fp.add("base", host_fingerprint());
         }
         describe_steps(&mut fp, package);
+        super::sbom::fingerprint(&mut fp, package, opts.epoch).map_err(|e| BuildError::Input {
+            stage: name.clone(),
+            message: e.to_string(),
+        })?;
         for (n, v) in pkgdir.parts()? {
             fp.add(n, v);
         }

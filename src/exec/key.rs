@@ -10,6 +10,8 @@
 //! | step env, scripts, network,  | yes        | what runs and how                      |
 //! | cachePaths, sources' digests |            | (URLs are not: a mirror is the same)   |
 //! | finalize                     | yes        | what the output holds                  |
+//! | SBOM documents (digests)     | yes        | what `sbom:` steps write, composer's   |
+//! |                              |            | version among it (`sbom.rs`)           |
 //! | files under /pkg (content)   | yes        | rendered `*.tmpl` included             |
 //! | dependency keys, from → to   | yes        | a changed input changes the output     |
 //! | sandbox settings             | yes        | the sandbox's own version              |

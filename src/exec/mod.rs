@@ -6,7 +6,8 @@
 //! session rule, the scheduler), which runs each stage with `stage`: inputs
 //! layered with `overlay` or merged with `fsops`, sources fetched and
 //! verified by `sources`, script items run by `sandbox`, the output
-//! committed to `cache`.
+//! committed to `cache`. `sbom` writes the SPDX documents (`spdx`) of
+//! `sbom:` steps into a stage's filesystem and follows them to the targets.
 //!
 //! Imports only from `defs`, `graph` and `diag`; the signing session is
 //! given to it as a certificate and a callback, so it knows nothing of keys.
@@ -19,7 +20,9 @@ pub mod key;
 pub mod overlay;
 pub mod pkgdir;
 pub mod sandbox;
+pub mod sbom;
 pub mod sources;
+pub mod spdx;
 pub mod stage;
 
 pub use build::{BuildError, Built, Options, Progress, SessionCert, Summary, build, build_gated};

@@ -4,7 +4,8 @@
 //! Order, as bldr has it: inputs merged (each dependency's `from` copied to
 //! its `to`, in merge order; whole outputs at `/` layered by `overlay`
 //! instead of copied when it can) → `/pkg` → per step: sources (verified), then
-//! `prepare`, `build`, `install` items → (session stages: every `.ko`
+//! `prepare`, `build`, `install` items, then the step's SBOM document at
+//! its `outputPath` (`sbom`) → (session stages: every `.ko`
 //! signed with the session key) → `finalize` into the entry → `test`
 //! items. Tests run after finalize on the stage's own root, which is thrown
 //! away afterwards: their changes never reach the output, and their failure
@@ -26,6 +27,7 @@ use super::fsops::{self, FsError};
 use super::overlay;
 use super::pkgdir::PkgDir;
 use super::sandbox::{self, HOST_DIRS, Mount, Outcome, SandboxError, SecretFile, Spec};
+use super::sbom::{self, SbomError};
 use super::sources::{self, SourceError, SourceOptions};
 use crate::defs::load::Package;
 use crate::defs::schema::{Network, Variant};
@@ -73,6 +75,8 @@ pub enum StageError {
     Fs(#[from] FsError),
     #[error(transparent)]
     Cache(#[from] CacheError),
+    #[error("step {step}: {error}")]
+    Sbom { step: usize, error: SbomError },
 }
 
 fn exit(code: &Option<i32>) -> String {
@@ -313,6 +317,12 @@ fn run_in(
                     StageError::Config(format!("stage {name}: after step {n} prepare: {e}"))
                 })?;
             }
+        }
+        if let Some(doc) = &step.sbom {
+            emit(Event::Phase(format!("step {n}: sbom")));
+            sbom::document(&job.package, doc, ctx.epoch)
+                .and_then(|bytes| sbom::write(&root, &build, host, &doc.output_path, &bytes))
+                .map_err(|error| StageError::Sbom { step: n, error })?;
         }
         if !step.test.is_empty() {
             tests.push((n, spec, &step.test));
