@@ -221,7 +221,7 @@ pub fn build_gated(
             "variant",
             format!("{:?}", package.pkg.variant).to_lowercase(),
         );
-        fp.add("shell", &package.pkg.shell);
+        fp.add("shell", stage::shell_of(&package.pkg, Path::new("/")));
         fp.add(
             "sandbox",
             "bwrap; caps: runtime default; /tmp/build; /pkg ro",
