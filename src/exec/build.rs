@@ -27,6 +27,7 @@ use super::fsops::{self, FsError};
 use super::image;
 use super::key::Fingerprint;
 use super::pkgdir::PkgDir;
+use super::shell;
 use super::sources::SourceOptions;
 use super::stage::{self, Context, Event, Job, SessionHooks, StageError};
 use crate::defs::load::{Definitions, Package};
@@ -221,7 +222,7 @@ pub fn build_gated(
             "variant",
             format!("{:?}", package.pkg.variant).to_lowercase(),
         );
-        fp.add("shell", stage::shell_of(&package.pkg, Path::new("/")));
+        fp.add("shell", shell::shell_of(&package.pkg, Path::new("/")));
         fp.add(
             "sandbox",
             "bwrap; caps: runtime default; /tmp/build; /pkg ro",

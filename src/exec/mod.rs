@@ -5,8 +5,8 @@
 //! fingerprint of a stage) feed `build` (cache decisions, the signing
 //! session rule, the scheduler), which runs each stage with `stage`: inputs
 //! layered with `overlay` or merged with `fsops`, sources fetched and
-//! verified by `sources`, script items run by `sandbox`, the output
-//! committed to `cache`.
+//! verified by `sources`, script items run by `sandbox` in the shell
+//! `shell` picks, the output committed to `cache`.
 //!
 //! Imports only from `defs`, `graph` and `diag`; the signing session is
 //! given to it as a certificate and a callback, so it knows nothing of keys.
@@ -19,6 +19,7 @@ pub mod key;
 pub mod overlay;
 pub mod pkgdir;
 pub mod sandbox;
+pub mod shell;
 pub mod sources;
 pub mod stage;
 

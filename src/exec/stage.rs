@@ -11,7 +11,7 @@
 //! discards the entry.
 //!
 //! Invariants: every item runs as `<shell> -c "set -eou pipefail\n<item>"`
-//! (`shell:` as written, else [`shell_of`]'s default) with the built-in variables, `PKG_NAME` and the env of this and earlier
+//! (`shell:` as written, else `shell::shell_of`'s default) with the built-in variables, `PKG_NAME` and the env of this and earlier
 //! steps; every item's output is in `<logs>/<stage>/<n>-<phase>.log`; the
 //! stage's work directory is removed whether it succeeds or not.
 
@@ -26,9 +26,10 @@ use super::fsops::{self, FsError};
 use super::overlay;
 use super::pkgdir::PkgDir;
 use super::sandbox::{self, HOST_DIRS, Mount, Outcome, SandboxError, SecretFile, Spec};
+use super::shell::shell_of;
 use super::sources::{self, SourceError, SourceOptions};
 use crate::defs::load::Package;
-use crate::defs::schema::{Network, Pkg, Variant};
+use crate::defs::schema::{Network, Variant};
 use crate::defs::vars::Platform;
 use crate::graph::Input;
 
@@ -146,30 +147,6 @@ pub enum Event {
     Line(String),
     /// Something the user should know about how the stage ran.
     Note(String),
-}
-
-/// bldr's shell when `pkg.yaml` names none.
-pub const DEFAULT_SHELL: &str = "/bin/sh";
-/// The default shell of `variant: host`, when the host has it.
-pub const HOST_SHELL: &str = "/bin/bash";
-
-/// The shell a stage's items run in: `shell:` as written; else, for
-/// `variant: host`, the host's [`HOST_SHELL`] when `host_root` (`/` but in
-/// tests) has it, since Debian's `/bin/sh` is dash, which has no
-/// `set -o pipefail`; else [`DEFAULT_SHELL`].
-pub fn shell_of(pkg: &Pkg, host_root: &Path) -> String {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(shell) = &pkg.shell {
-        return shell.clone();
-    }
-    let host_shell = host_root.join(HOST_SHELL.trim_start_matches('/'));
-    let has_host_shell =
-        fs::metadata(host_shell).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    if pkg.variant == Variant::Host && has_host_shell {
-        HOST_SHELL.to_string()
-    } else {
-        DEFAULT_SHELL.to_string()
-    }
 }
 
 /// Runs `job` and commits its output to the cache.
@@ -537,76 +514,5 @@ fn value_string(v: &gotmpl::Value) -> String {
     match v {
         gotmpl::Value::String(s) => s.to_string(),
         other => format!("{other:?}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::diag::{Span, Spanned};
-    use std::os::unix::fs::PermissionsExt;
-    use std::sync::Arc;
-
-    fn pkg(variant: Variant, shell: Option<&str>) -> Pkg {
-        let file: Arc<Path> = Arc::from(Path::new("pkg.yaml"));
-        Pkg {
-            name: Spanned {
-                value: "s".into(),
-                span: Span::file_start(&file),
-            },
-            variant,
-            shell: shell.map(str::to_string),
-            build_platform: None,
-            install: Vec::new(),
-            dependencies: Vec::new(),
-            steps: Vec::new(),
-            finalize: Vec::new(),
-            dir: PathBuf::from("."),
-        }
-    }
-
-    /// A host root whose `bin/bash` has the given mode, or none.
-    fn host_root(bash_mode: Option<u32>) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir(dir.path().join("bin")).unwrap();
-        if let Some(mode) = bash_mode {
-            let bash = dir.path().join("bin/bash");
-            fs::write(&bash, "").unwrap();
-            fs::set_permissions(&bash, fs::Permissions::from_mode(mode)).unwrap();
-        }
-        dir
-    }
-
-    #[test]
-    fn host_stage_without_shell_runs_in_the_hosts_bash() {
-        let root = host_root(Some(0o755));
-        assert_eq!(
-            shell_of(&pkg(Variant::Host, None), root.path()),
-            "/bin/bash"
-        );
-    }
-
-    #[test]
-    fn host_stage_without_shell_falls_back_to_sh_when_the_host_has_no_bash() {
-        for root in [host_root(None), host_root(Some(0o644))] {
-            assert_eq!(shell_of(&pkg(Variant::Host, None), root.path()), "/bin/sh");
-        }
-    }
-
-    #[test]
-    fn explicit_shell_is_honoured_and_other_variants_keep_bldrs_default() {
-        let root = host_root(Some(0o755));
-        assert_eq!(
-            shell_of(&pkg(Variant::Host, Some("/bin/sh")), root.path()),
-            "/bin/sh"
-        );
-        assert_eq!(
-            shell_of(&pkg(Variant::Scratch, Some("/bin/ash")), root.path()),
-            "/bin/ash"
-        );
-        assert_eq!(
-            shell_of(&pkg(Variant::Scratch, None), root.path()),
-            "/bin/sh"
-        );
     }
 }
