@@ -381,9 +381,17 @@ fn a_file_where_a_directory_goes_is_refused() {
     );
 }
 
-/// The real hailort-drivers 4.23.0 archive (see shared/sources/README.md).
-const HAILORT_DIR: &str = "/work/shared/sources";
-const HAILORT_FILE: &str = "/work/shared/sources/hailort-drivers-4.23.0.tar.gz";
+/// The real hailort-drivers 4.23.0 archive's directory, a source mirror
+/// (see shared/sources/README.md).
+fn hailort_dir() -> String {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/sources");
+    assert!(dir.is_dir(), "sources missing at {}", dir.display());
+    dir.display().to_string()
+}
+
+fn hailort_file() -> String {
+    format!("{}/hailort-drivers-4.23.0.tar.gz", hailort_dir())
+}
 const HAILORT_URL: &str =
     "https://github.com/hailo-ai/hailort-drivers/archive/refs/tags/v4.23.0.tar.gz";
 const HAILORT_SHA256: &str = "245c7157746c2fd48b2fab4a990c8fb3b786921dd72c9e5348f5b5619ee05ec3";
@@ -424,11 +432,10 @@ fn assert_builds_in(pkg: &str, m: &str) {
 #[test]
 fn hailort_archive_lists_both_module_directories_and_module_dir_picks_one() {
     let t = demo_copy();
+    let (mirror, file) = (hailort_dir(), hailort_file());
+    let (mirror, file) = (mirror.as_str(), file.as_str());
     let err_of = |out: Output| String::from_utf8_lossy(&out.stderr).into_owned();
-    for how in [
-        ["--source-mirror", HAILORT_DIR],
-        ["--source-file", HAILORT_FILE],
-    ] {
+    for how in [["--source-mirror", mirror], ["--source-file", file]] {
         refused(
             t.path(),
             &hailort_args(&how),
@@ -437,17 +444,12 @@ fn hailort_archive_lists_both_module_directories_and_module_dir_picks_one() {
     }
     refused(
         t.path(),
-        &hailort_args(&["--source-file", HAILORT_FILE, "--module-dir", "linux/pci"]),
+        &hailort_args(&["--source-file", file, "--module-dir", "linux/pci"]),
         "--module-dir linux/pci: no such directory in the archive",
     );
     let out = ok(composer(
         t.path(),
-        &hailort_args(&[
-            "--source-mirror",
-            HAILORT_DIR,
-            "--module-dir",
-            "linux/pcie/",
-        ]),
+        &hailort_args(&["--source-mirror", mirror, "--module-dir", "linux/pcie/"]),
     ));
     assert!(
         out.contains("The module is built in linux/pcie (--module-dir, M=$(pwd)/linux/pcie): linux/pcie/Kbuild in the archive"),
@@ -461,7 +463,7 @@ fn hailort_archive_lists_both_module_directories_and_module_dir_picks_one() {
     // Run again: the files exist now, which is the only problem reported.
     let again = err_of(composer(
         t.path(),
-        &hailort_args(&["--source-file", HAILORT_FILE, "--module-dir", "linux/pcie"]),
+        &hailort_args(&["--source-file", file, "--module-dir", "linux/pcie"]),
     ));
     assert!(again.contains("file pkgs/hailo-pkg/pkg.yaml"), "{again}");
 }
@@ -469,8 +471,10 @@ fn hailort_archive_lists_both_module_directories_and_module_dir_picks_one() {
 #[test]
 fn a_source_file_that_does_not_match_the_checksums_is_refused() {
     let t = demo_copy();
+    let file = hailort_file();
+    let file = file.as_str();
     let other512 = format!("0{}", &HAILORT_SHA512[1..]);
-    let mut args = hailort_args(&["--source-file", HAILORT_FILE]);
+    let mut args = hailort_args(&["--source-file", file]);
     args[8] = &other512;
     refused(
         t.path(),
