@@ -181,6 +181,45 @@ fn network_none_leaves_only_loopback() {
 }
 
 #[test]
+fn a_host_stage_without_shell_runs_its_items_in_bash_with_pipefail() {
+    let d = project(&[
+        (
+            "h/pkg.yaml",
+            r#"name: h
+variant: host
+steps:
+  - install:
+      - install -d /o && echo "$0" > /o/shell
+      - if false | true; then echo off; else echo on; fi > /o/pipefail
+      - printf 'b\na\n' | sort | head -n 1 > /o/first
+finalize:
+  - from: /o
+    to: /
+"#,
+        ),
+        (
+            "x/pkg.yaml",
+            r#"name: x
+variant: host
+shell: /usr/bin/bash
+steps:
+  - install:
+      - install -d /o && echo "$0" > /o/shell
+finalize:
+  - from: /o
+    to: /
+"#,
+        ),
+    ]);
+    ok(&build(d.path(), &["h", "x"]));
+    assert_eq!(read(d.path(), "_out/h/shell"), "/bin/bash\n");
+    assert_eq!(read(d.path(), "_out/h/pipefail"), "on\n");
+    assert_eq!(read(d.path(), "_out/h/first"), "a\n");
+    // An explicit `shell:` is used as written.
+    assert_eq!(read(d.path(), "_out/x/shell"), "/usr/bin/bash\n");
+}
+
+#[test]
 fn a_step_reading_stdin_fails_at_once_naming_the_step() {
     let d = project(&[(
         "s/pkg.yaml",

@@ -170,6 +170,71 @@ fn template_syntax_error_points_into_the_source() {
 }
 
 #[test]
+fn unclosed_template_block_is_an_error_at_its_opening_action() {
+    let dir = tree(&[
+        ("Pkgfile", PKGFILE.as_bytes()),
+        (
+            "a/pkg.yaml",
+            b"name: a\nvariant: scratch\nshell: {{ if eq .X \"1\" }}/bin/sh\n",
+        ),
+    ]);
+    let run = composer(dir.path(), &["render", "a"]);
+    assert_error(
+        &run,
+        "a/pkg.yaml:3:8",
+        "unexpected EOF: `{{ if }}` has no matching `{{ end }}`",
+    );
+    assert_eq!(run.stdout, "", "nothing rendered");
+    assert_error(&validate(&dir), "a/pkg.yaml:3:8", "unexpected EOF");
+}
+
+#[test]
+fn unbalanced_blocks_in_vars_and_tmpl_files_are_errors() {
+    let dir = tree(&[
+        ("Pkgfile", PKGFILE.as_bytes()),
+        ("vars.yaml", b"A: 1\n{{ range .L }}\nB: 2\n".as_slice()),
+        ("a/pkg.yaml", OK_PKG.as_bytes()),
+        (
+            "a/files/conf.tmpl",
+            b"x = 1\n{{ end }}\ny = {{ .VERSION }}\n".as_slice(),
+        ),
+        (
+            "a/files/other.tmpl",
+            b"{{ with .VERSION }}v{{ end }}\n{{ else }}\n".as_slice(),
+        ),
+        ("a/files/define.tmpl", b"{{ define \"x\" }}a\n".as_slice()),
+    ]);
+    let run = validate(&dir);
+    assert_error(
+        &run,
+        "vars.yaml:2:1",
+        "`{{ range }}` has no matching `{{ end }}`",
+    );
+    assert_error(&run, "conf.tmpl:2:1", "unexpected `{{ end }}`");
+    assert_error(
+        &run,
+        "other.tmpl:2:1",
+        "unexpected `{{ else }}` outside `{{ if }}`, `{{ with }}` or `{{ range }}`",
+    );
+    assert_error(&run, "define.tmpl:1:1", "`{{ define }}` has no matching");
+}
+
+#[test]
+fn eval_refuses_an_unclosed_block() {
+    let dir = tree(&[
+        ("Pkgfile", PKGFILE.as_bytes()),
+        ("a/pkg.yaml", OK_PKG.as_bytes()),
+    ]);
+    let run = composer(
+        dir.path(),
+        &["eval", "-t", "a", "{{ with .VERSION }}{{ . }}"],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("unexpected EOF"), "{}", run.stderr);
+    assert_eq!(run.stdout, "");
+}
+
+#[test]
 fn unknown_template_function_is_an_error() {
     let dir = tree(&[
         ("Pkgfile", PKGFILE.as_bytes()),

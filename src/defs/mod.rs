@@ -2,10 +2,12 @@
 //! `*.tmpl` trees, loaded into typed `Package`s with every problem reported.
 //!
 //! Flow inside this phase: `load` walks the roots → `vars` builds each
-//! directory's variables → `template` renders → `yaml` parses with positions
-//! → `pkgfile`/`pkg` read the documents into `schema` types (`sbom` reads
-//! and checks a step's `sbom:`).
+//! directory's variables → `template` renders (after `blocks` checks the
+//! block structure) → `yaml` parses with positions → `pkgfile`/`pkg` read
+//! the documents into `schema` types (`sbom` reads and checks a step's
+//! `sbom:`).
 
+pub mod blocks;
 pub mod load;
 pub mod pkg;
 pub mod pkgfile;

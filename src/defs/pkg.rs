@@ -3,8 +3,9 @@
 //! fields, each at `file:line:col` with its field path.
 //!
 //! Rules and defaults are bldr's (`name` and `variant` required, `finalize`
-//! required when there are steps, `shell` `/bin/sh`, dependency `from`/`to`
-//! `/`, checksums 64 and 128 characters). Stricter than bldr on purpose:
+//! required when there are steps, dependency `from`/`to` `/`, checksums 64
+//! and 128 characters). An absent `shell` stays `None`: its default depends
+//! on the variant and the host, and is chosen where the steps run. Stricter than bldr on purpose:
 //! unknown keys are errors (bldr ignores them), checksums must be hex, and
 //! every problem is reported, not the first.
 
@@ -52,7 +53,7 @@ pub fn read_pkg(r: &mut Reader<'_>, root: &Node<'_>, dir: &Path) -> Option<Pkg> 
             span: r.span(root),
         },
         variant: Variant::Scratch,
-        shell: "/bin/sh".to_string(),
+        shell: None,
         build_platform: None,
         install: Vec::new(),
         dependencies: Vec::new(),
@@ -84,7 +85,7 @@ pub fn read_pkg(r: &mut Reader<'_>, root: &Node<'_>, dir: &Path) -> Option<Pkg> 
             }
             "shell" => {
                 if let Some(s) = r.string(value, "shell") {
-                    pkg.shell = s.value;
+                    pkg.shell = Some(s.value);
                 }
             }
             "buildPlatform" => {

@@ -142,7 +142,9 @@ pub struct Finalize {
 pub struct Pkg {
     pub name: Spanned<String>,
     pub variant: Variant,
-    pub shell: String,
+    /// `shell:` as written; `None` takes the default where the steps run
+    /// (bldr's `/bin/sh`, or the host's bash for `variant: host`).
+    pub shell: Option<String>,
     /// `buildPlatform`: the platform the steps run on, when not the target's.
     pub build_platform: Option<String>,
     /// Packages installed into an `alpine` base.

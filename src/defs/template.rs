@@ -9,6 +9,9 @@
 //!   warning (bldr renders it silently), except a bare existence test such
 //!   as `{{ if .BUILD_ARG_X }}`, which is how trees ask whether a build
 //!   argument was given.
+//! - What Go's parser refuses is refused, also where the `gotmpl` parser
+//!   is lenient: an unclosed block, a stray `{{ end }}` or `{{ else }}`
+//!   (`blocks.rs`), reported at the action concerned.
 //! - Each rendered line is mapped back to its source line, so YAML errors
 //!   found after rendering still point into the file the user wrote.
 
@@ -18,6 +21,7 @@ use std::sync::{Arc, LazyLock};
 use gotmpl::parse::{BranchNode, Expr, ListNode, Node, PipeNode};
 use gotmpl::{FuncMap, Template, TemplateError};
 
+use super::blocks;
 use super::vars::Vars;
 use super::yaml::LineMap;
 use crate::diag::{Diagnostic, Report, Span, suggest};
@@ -41,7 +45,7 @@ pub fn render(file: &Arc<Path>, src: &str, vars: &Vars, report: &mut Report) -> 
         });
     }
     let name = file.display().to_string();
-    let template = match Template::new(&name).funcs(FUNCTIONS.clone()).parse(src) {
+    let template = match parse(Template::new(&name).funcs(FUNCTIONS.clone()), src, &name) {
         Ok(t) => t,
         Err(e) => {
             report.push(template_error(file, src, &e));
@@ -83,9 +87,7 @@ pub fn render(file: &Arc<Path>, src: &str, vars: &Vars, report: &mut Report) -> 
 
 /// Renders a one-off template given on the command line (`composer eval`).
 pub fn render_inline(src: &str, vars: &Vars) -> Result<String, TemplateError> {
-    Template::new("eval")
-        .funcs(FUNCTIONS.clone())
-        .parse(src)?
+    parse(Template::new("eval").funcs(FUNCTIONS.clone()), src, "eval")?
         .execute_to_string(&vars.to_value())
 }
 
@@ -94,12 +96,34 @@ pub fn render_inline(src: &str, vars: &Vars) -> Result<String, TemplateError> {
 /// the definitions it produces pass through as text; a variable the
 /// template uses and `vars` lacks is an error, never `<no value>`.
 pub fn render_scaffold(name: &str, src: &str, vars: &Vars) -> Result<String, TemplateError> {
-    Template::new(name)
+    let template = Template::new(name)
         .delims("[[", "]]")
         .missing_key(gotmpl::MissingKey::Error)
         .funcs(FUNCTIONS.clone())
-        .parse(src)?
-        .execute_to_string(&vars.to_value())
+        .parse(src)?;
+    check_blocks(src, name, "[[", "]]")?;
+    template.execute_to_string(&vars.to_value())
+}
+
+/// Parses `src` (`{{ }}` actions) and checks its block structure.
+fn parse(template: Template, src: &str, name: &str) -> Result<Template, TemplateError> {
+    let parsed = template.parse(src)?;
+    check_blocks(src, name, "{{", "}}")?;
+    Ok(parsed)
+}
+
+/// The block-structure errors of `blocks.rs` as parse errors with a
+/// position, which is how Go reports them.
+fn check_blocks(src: &str, name: &str, left: &str, right: &str) -> Result<(), TemplateError> {
+    blocks::check(src, left, right).map_err(|m| {
+        let (line, col) = line_col(src, m.offset);
+        TemplateError::Parse {
+            name: Some(name.to_string()),
+            line,
+            col,
+            message: m.message,
+        }
+    })
 }
 
 fn template_error(file: &Arc<Path>, src: &str, e: &TemplateError) -> Diagnostic {
@@ -328,6 +352,29 @@ mod tests {
         let d = report.iter().next().unwrap();
         assert_eq!(d.span.line, 2);
         assert!(d.message.contains("template syntax"), "{}", d.message);
+    }
+
+    #[test]
+    fn unclosed_block_is_a_syntax_error_at_its_opening_action() {
+        let mut report = Report::new();
+        let src = "a: 1\nshell: {{ if eq .ARCH \"1\" }}/bin/sh\n";
+        assert!(render(&file(), src, &vars(), &mut report).is_none());
+        let d = report.iter().next().unwrap();
+        assert_eq!((d.span.line, d.span.col), (2, 8));
+        assert_eq!(
+            d.message,
+            "template syntax: unexpected EOF: `{{ if }}` has no matching `{{ end }}`"
+        );
+    }
+
+    #[test]
+    fn stray_end_is_refused_by_every_entry_point() {
+        let e = render_inline("{{ .ARCH }}{{ end }}", &vars()).unwrap_err();
+        assert!(e.to_string().contains("unexpected `{{ end }}`"), "{e}");
+        let mut v = Vars::default();
+        v.set("ident", Value::String("foo".into()));
+        let e = render_scaffold("t", "[[ if .ident ]]x", &v).unwrap_err();
+        assert!(e.to_string().contains("unexpected EOF"), "{e}");
     }
 
     #[test]

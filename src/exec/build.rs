@@ -27,6 +27,7 @@ use super::fsops::{self, FsError};
 use super::image;
 use super::key::Fingerprint;
 use super::pkgdir::PkgDir;
+use super::shell;
 use super::sources::SourceOptions;
 use super::stage::{self, Context, Event, Job, SessionHooks, StageError};
 use crate::defs::load::{Definitions, Package};
@@ -228,7 +229,7 @@ pub fn build_gated(
             "variant",
             format!("{:?}", package.pkg.variant).to_lowercase(),
         );
-        fp.add("shell", &package.pkg.shell);
+        fp.add("shell", shell::shell_of(&package.pkg, Path::new("/")));
         fp.add(
             "sandbox",
             "bwrap; caps: runtime default; /tmp/build; /pkg ro",

@@ -5,9 +5,10 @@
 //! fingerprint of a stage) feed `build` (cache decisions, the signing
 //! session rule, the scheduler), which runs each stage with `stage`: inputs
 //! layered with `overlay` or merged with `fsops`, sources fetched and
-//! verified by `sources`, script items run by `sandbox`, the output
-//! committed to `cache`. `sbom` writes the SPDX documents (`spdx`) of
-//! `sbom:` steps into a stage's filesystem and follows them to the targets.
+//! verified by `sources`, script items run by `sandbox` in the shell
+//! `shell` picks, the output committed to `cache`. `sbom` writes the SPDX
+//! documents (`spdx`) of `sbom:` steps into a stage's filesystem and follows
+//! them to the targets.
 //!
 //! Imports only from `defs`, `graph` and `diag`; the signing session is
 //! given to it as a certificate and a callback, so it knows nothing of keys.
@@ -21,6 +22,7 @@ pub mod overlay;
 pub mod pkgdir;
 pub mod sandbox;
 pub mod sbom;
+pub mod shell;
 pub mod sources;
 pub mod spdx;
 pub mod stage;

@@ -12,7 +12,7 @@
 //! discards the entry.
 //!
 //! Invariants: every item runs as `<shell> -c "set -eou pipefail\n<item>"`
-//! with the built-in variables, `PKG_NAME` and the env of this and earlier
+//! (`shell:` as written, else `shell::shell_of`'s default) with the built-in variables, `PKG_NAME` and the env of this and earlier
 //! steps; every item's output is in `<logs>/<stage>/<n>-<phase>.log`; the
 //! stage's work directory is removed whether it succeeds or not.
 
@@ -28,6 +28,7 @@ use super::overlay;
 use super::pkgdir::PkgDir;
 use super::sandbox::{self, HOST_DIRS, Mount, Outcome, SandboxError, SecretFile, Spec};
 use super::sbom::{self, SbomError};
+use super::shell::shell_of;
 use super::sources::{self, SourceError, SourceOptions};
 use crate::defs::load::Package;
 use crate::defs::schema::{Network, Variant};
@@ -170,6 +171,7 @@ fn run_in(
     let started = Instant::now();
     let pkg = &job.package.pkg;
     let name = pkg.name.value.as_str();
+    let shell = shell_of(pkg, Path::new("/"));
     let root = work.join("root");
     let build = work.join("build");
     let pkg_dir = work.join("pkg");
@@ -308,7 +310,7 @@ fn run_in(
             ("build", &step.build),
             ("install", &step.install),
         ] {
-            run_items(&pkg.shell, &spec, n, phase, items, &logs, emit)?;
+            run_items(&shell, &spec, n, phase, items, &logs, emit)?;
             if phase == "prepare"
                 && job.session.is_some()
                 && let Some(hooks) = ctx.session_hooks
@@ -346,7 +348,7 @@ fn run_in(
     fsops::normalize_tree(&pending.out(), ctx.epoch)?;
 
     for (n, spec, items) in &tests {
-        run_items(&pkg.shell, spec, *n, "test", items, &logs, emit)?;
+        run_items(&shell, spec, *n, "test", items, &logs, emit)?;
     }
 
     let meta = Meta {

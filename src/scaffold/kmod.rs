@@ -12,6 +12,8 @@
 //! Pkgfile.) The module stage depends on `kernel-build`, fetches the source
 //! with both checksums and installs the stripped, unsigned `.ko` under
 //! `/usr/lib/modules/<release>/extra`; composer signs them at build time.
+//! Both make calls use the module directory `source.rs` finds in the
+//! source archive (or `--module-dir`; the source top when unchecked).
 //!
 //! Invariant: `plan` reads and checks, never writes; the `Plan` it returns
 //! is what `Plan::apply` writes.
@@ -23,6 +25,7 @@ use gotmpl::Value;
 use regex::Regex;
 
 use super::pkgfile::{add_vars, read_vars};
+use super::source::{ModuleDir, SourceArgs, module_dir};
 use super::{Change, Plan, ScaffoldError};
 use crate::defs::template::render_scaffold;
 use crate::defs::{LoadOptions, Platform, Vars, load};
@@ -63,6 +66,12 @@ pub struct KmodRequest {
     pub description: Option<String>,
     pub pkgs_root: PathBuf,
     pub extensions_root: PathBuf,
+    /// The source archive itself, checked against both digests.
+    pub source_file: Option<PathBuf>,
+    /// A directory holding the archive as `<sha256>` or its file name.
+    pub source_mirror: Option<PathBuf>,
+    /// The module's directory in the unpacked source (`--module-dir`).
+    pub module_dir: Option<String>,
 }
 
 /// The checked result: what to write, and names for the next steps.
@@ -75,6 +84,7 @@ pub struct Kmod {
     pub extension: String,
     pub version: String,
     pub author: String,
+    pub module_dir: ModuleDir,
 }
 
 /// Checks the request against the arguments' rules and the trees, and
@@ -118,6 +128,15 @@ pub fn plan(req: &KmodRequest) -> Result<Kmod, ScaffoldError> {
         return Err(ScaffoldError::Invalid(invalid));
     }
     let version = version.unwrap_or_default();
+    let module = module_dir(&SourceArgs {
+        url: &req.source,
+        sha256: &sha256,
+        sha512: &sha512,
+        file: req.source_file.as_deref(),
+        mirror: req.source_mirror.as_deref(),
+        module_dir: req.module_dir.as_deref(),
+    })
+    .map_err(ScaffoldError::Invalid)?;
     let [
         Some((pkgs_pkgfile, pkgs_text)),
         Some((ext_pkgfile, ext_text)),
@@ -209,6 +228,9 @@ pub fn plan(req: &KmodRequest) -> Result<Kmod, ScaffoldError> {
     set("source", req.source.clone());
     set("url", url_template(&req.source, &version, &ident));
     set("destination", destination(name, &req.source));
+    set("strip", module.strip.to_string());
+    set("module_path", module.make_path());
+    set("module_comment", module.comment().join("\n        "));
     set("renovate", renovate(&req.source, &version));
     set(
         "author",
@@ -266,6 +288,7 @@ pub fn plan(req: &KmodRequest) -> Result<Kmod, ScaffoldError> {
         extension: name.to_string(),
         version,
         author,
+        module_dir: module,
     })
 }
 

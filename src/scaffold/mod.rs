@@ -13,11 +13,14 @@
 //! - All or nothing: when a write fails, the files created so far are
 //!   removed and the edits undone.
 //!
-//! Imports from `defs` (templates, the Pkgfile reader) and
+//! Imports from `defs` (templates, the Pkgfile reader), `exec::sources`
+//! (finding and verifying a source archive as builds do) and
 //! `validate::version` (the extension version formats Talos accepts).
 
+pub mod archive;
 pub mod kmod;
 pub mod pkgfile;
+pub mod source;
 
 use std::fmt::Write as _;
 use std::fs;
