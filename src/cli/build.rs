@@ -282,6 +282,16 @@ impl View {
                     ));
                 }
             }
+            Progress::Source(f) => match f.origin {
+                exec::sources::Origin::Fetched(from) => {
+                    self.say(format!("{}: fetched {from}", f.stages.join(", ")))
+                }
+                exec::sources::Origin::Cached => {
+                    if self.verbose > 0 {
+                        self.say(format!("{}: {} cached", f.stages.join(", "), f.url));
+                    }
+                }
+            },
             Progress::Started(stage) => {
                 self.started.insert(stage.clone(), Instant::now());
                 match &self.multi {

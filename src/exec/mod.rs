@@ -5,7 +5,8 @@
 //! fingerprint of a stage) feed `build` (cache decisions, the signing
 //! session rule, the scheduler), which runs each stage with `stage`: inputs
 //! layered with `overlay` or merged with `fsops`, sources fetched and
-//! verified by `sources`, script items run by `sandbox`, the output
+//! verified by `sources` (all of a plan's at once, before any stage runs,
+//! by `prefetch`), script items run by `sandbox`, the output
 //! committed to `cache`.
 //!
 //! Imports only from `defs`, `graph` and `diag`; the signing session is
@@ -18,6 +19,7 @@ pub mod image;
 pub mod key;
 pub mod overlay;
 pub mod pkgdir;
+pub mod prefetch;
 pub mod sandbox;
 pub mod sources;
 pub mod stage;
