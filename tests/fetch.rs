@@ -377,11 +377,20 @@ fn fetch_names_every_missing_source_and_writes_no_mirror() {
     );
     assert!(!p.path().join("mirror").exists());
 
-    // --offline: local files only; the server is not even tried.
+    // --offline: local files only; the server is not even tried, and a
+    // mirror that lacks a source is not what stops it.
+    let empty_mirror = tempfile::tempdir().unwrap();
     let e = failed(&composer(
         p.path(),
         "fetch",
-        &["--cache-dir", "empty", "--offline", "b"],
+        &[
+            "--cache-dir",
+            "empty",
+            "--offline",
+            "--source-mirror",
+            empty_mirror.path().to_str().unwrap(),
+            "b",
+        ],
     ));
     assert!(e.contains("2 of 3 sources cannot be had"), "{e}");
     assert!(

@@ -146,9 +146,16 @@ pub fn obtain(src: &Source, opts: &SourceOptions) -> Result<(PathBuf, Origin), S
             }
         }
     }
-    Err(last_err.unwrap_or_else(|| SourceError::Offline {
-        url: src.url.clone(),
-    }))
+    // Offline, a remote upstream was never tried: that is the reason,
+    // unless a mirror held other bytes.
+    let remote = !src.url.starts_with("file://");
+    match last_err {
+        Some(e @ SourceError::Mismatch { .. }) => Err(e),
+        Some(e) if !(opts.offline && remote) => Err(e),
+        _ => Err(SourceError::Offline {
+            url: src.url.clone(),
+        }),
+    }
 }
 
 fn check(src: &Source, d: &Digests) -> Result<(), SourceError> {
