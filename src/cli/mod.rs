@@ -6,6 +6,7 @@
 mod build;
 mod cache;
 mod eval;
+mod fetch;
 mod graph;
 mod image_installer;
 mod images;
@@ -134,6 +135,11 @@ pub enum Command {
         after_help = "Examples:\n  composer build kernel hello-module\n  composer build kernel --build-arg LINUX_SOURCE_SHA256=... --build-arg LINUX_SOURCE_SHA512=...\n  composer build -v hello-module            # explain every cache miss\n  composer build --offline --source-mirror /srv/sources hailort-pkg\n  composer build kernel hello-module hello          # + _out/images/hello, the extension image (validated)\n  composer build hello-module --format kmm          # a KMM kmod image in _out/images/hello-module\n  composer build hello --push 127.0.0.1:5000/composer --insecure\n\nLogs: _out/logs/<stage>/<step>-<phase>.log. Needs bubblewrap (apt-get install bubblewrap)."
     )]
     Build(build::BuildArgs),
+    /// Fetch and check every source the targets need (into the download cache; with --to, into a mirror directory too).
+    #[command(
+        after_help = "Every source of every stage the targets need, cached stages included, is fetched\ninto the download cache and checked (sha256 and sha512); when any cannot be had, all of\nthem are named (stage, URL, reason) and the exit code is 1. `composer build` does the\nsame for the stages it runs before starting the first one.\n\nExamples:\n  composer fetch kernel hailort-pkg\n  composer fetch kernel hailort-pkg --to /srv/sources      # seed a mirror for an air-gapped site\n  composer build --offline --source-mirror /srv/sources kernel hailort-pkg\n  composer fetch --offline hailort-pkg                     # is everything here to build offline?\n  composer fetch --platform linux/arm64 --build-arg LINUX_SOURCE_SHA256=... --build-arg LINUX_SOURCE_SHA512=... kernel"
+    )]
+    Fetch(fetch::FetchArgs),
     /// Check that every kernel module is signed by a trusted key (cryptographically).
     #[command(
         after_help = "Examples:\n  composer verify _out/hello-module --kernel _out/kernel/boot/vmlinuz\n  composer verify _out/hello-module --cert _out/kernel/boot/signing_key.x509\n  composer verify /lib/modules/$(uname -r) --cert cert.pem -q\n\nExit 1 when any module is unsigned, signed by another key, or changed after signing."
@@ -182,6 +188,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Render(a) => render::run(g, a),
         Command::Eval(a) => eval::run(g, a),
         Command::Build(a) => build::run(g, a),
+        Command::Fetch(a) => fetch::run(g, a),
         Command::Cache(a) => cache::run(g, a),
         Command::Verify(a) => verify::run(g, a),
         Command::Pack(a) => pack::run(g, a),

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::exec::Progress;
+use crate::exec::sources::Origin;
 
 /// `12.3s` under a minute, `4m05s` above.
 pub fn human(d: Duration) -> String {
@@ -91,6 +92,16 @@ impl View {
                     ));
                 }
             }
+            Progress::Source(f) => match f.origin {
+                Origin::Fetched(from) => {
+                    self.say(format!("{}: fetched {from}", f.stages.join(", ")))
+                }
+                Origin::Cached => {
+                    if self.verbose > 0 {
+                        self.say(format!("{}: {} cached", f.stages.join(", "), f.url));
+                    }
+                }
+            },
             Progress::Started(stage) => self.started(stage),
             Progress::Phase { stage, phase } => self.phase(&stage, phase),
             Progress::Line { stage, line } => self.line(&stage, line),

@@ -8,6 +8,11 @@
 //! send their events to it over a channel. After a failure no new stage
 //! starts; the running ones finish and are cached.
 //!
+//! Sources first: before the first stage starts, every source of every
+//! stage that will run (cache misses, and the stages a new signing session
+//! rebuilds) is fetched and checked, and the build stops naming every one
+//! that cannot be had. Cached stages need no sources.
+//!
 //! Signing sessions: a stage joins the session when its rendered definition
 //! mentions the session directory (`/signing/`: it builds with the
 //! session's certificate) or when it depends on a stage that joined (it is
@@ -27,6 +32,7 @@ use super::fsops::{self, FsError};
 use super::image;
 use super::key::Fingerprint;
 use super::pkgdir::PkgDir;
+use super::prefetch::{self, Fetched, Unavailable};
 use super::shell;
 use super::sources::SourceOptions;
 use super::stage::{self, Context, Event, Job, SessionHooks, StageError};
@@ -82,6 +88,8 @@ pub enum Progress {
     SessionReused {
         id: String,
     },
+    /// A source of a stage that will run, verified in the download cache.
+    Source(Fetched),
     Started(String),
     Phase {
         stage: String,
@@ -124,6 +132,8 @@ pub enum BuildError {
     },
     #[error("stage {stage}: {message}")]
     Input { stage: String, message: String },
+    #[error("no stage was started: {0}")]
+    Sources(#[source] Unavailable),
     #[error("starting the signing session: {0}")]
     Session(String),
     #[error("{0}")]
@@ -377,6 +387,16 @@ pub fn build_gated(
         });
     }
 
+    // Sources first, all of them, before any stage starts.
+    let sources = SourceOptions {
+        dir: cache.downloads(),
+        offline: opts.offline,
+        mirrors: opts.mirrors.clone(),
+    };
+    let wanted = prefetch::wanted(planned.iter().filter(|p| p.run).map(|p| p.package));
+    prefetch::fetch_all(&wanted, &sources, &mut |f| on(Progress::Source(f.clone())))
+        .map_err(BuildError::Sources)?;
+
     // Image inputs of the stages that run, unpacked once each.
     for p in planned.iter_mut().filter(|p| p.run) {
         let stage = p.package.pkg.name.value.clone();
@@ -408,11 +428,6 @@ pub fn build_gated(
     };
 
     let logs = opts.output.join("logs");
-    let sources = SourceOptions {
-        dir: cache.downloads(),
-        offline: opts.offline,
-        mirrors: opts.mirrors.clone(),
-    };
     let ctx = Context {
         cache: &cache,
         sources: &sources,

@@ -12,10 +12,14 @@
 //!   `file://` or directory mirrors are consulted.
 //! - Mirrors are tried before the upstream URL, each as `<mirror>/<sha256>`
 //!   then `<mirror>/<file name of the URL>`.
+//! - A failed fetch says why in words a person acts on: `not found` (a
+//!   missing file, HTTP 404), `unreachable` (no route, refused, timed out),
+//!   `HTTP <status>`, or the checksum mismatch with both digests.
 
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256, Sha512};
 
@@ -59,14 +63,33 @@ pub enum SourceError {
 }
 
 /// Both digests of a stream, hex.
-struct Digests {
-    sha256: String,
-    sha512: String,
+#[derive(Debug)]
+pub struct Digests {
+    pub sha256: String,
+    pub sha512: String,
 }
+
+/// Where a verified source came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// It was in the download cache already.
+    Cached,
+    /// Fetched from this URL (a mirror's or the upstream one).
+    Fetched(String),
+}
+
+/// How long a connection to a server may take before the server counts as
+/// unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Returns the path of a verified copy of `src` in the download cache,
 /// fetching it when needed.
 pub fn fetch(src: &Source, opts: &SourceOptions) -> Result<PathBuf, SourceError> {
+    obtain(src, opts).map(|(path, _)| path)
+}
+
+/// [`fetch`], saying where the verified copy came from.
+pub fn obtain(src: &Source, opts: &SourceOptions) -> Result<(PathBuf, Origin), SourceError> {
     let cached = opts.dir.join("sha256").join(&src.sha256);
     let cache_err = |path: &Path, source| SourceError::Cache {
         path: path.to_path_buf(),
@@ -76,7 +99,7 @@ pub fn fetch(src: &Source, opts: &SourceOptions) -> Result<PathBuf, SourceError>
         let mut f = fs::File::open(&cached).map_err(|e| cache_err(&cached, e))?;
         let d = hash_copy(&mut f, &mut io::sink()).map_err(|e| cache_err(&cached, e))?;
         if d.sha256 == src.sha256 && d.sha512 == src.sha512 {
-            return Ok(cached);
+            return Ok((cached, Origin::Cached));
         }
         if d.sha256 == src.sha256 {
             // Same content as declared by sha256, another sha512: the
@@ -112,7 +135,7 @@ pub fn fetch(src: &Source, opts: &SourceOptions) -> Result<PathBuf, SourceError>
                     continue;
                 }
                 fs::rename(&tmp, &cached).map_err(|e| cache_err(&cached, e))?;
-                return Ok(cached);
+                return Ok((cached, Origin::Fetched(url)));
             }
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
@@ -123,9 +146,16 @@ pub fn fetch(src: &Source, opts: &SourceOptions) -> Result<PathBuf, SourceError>
             }
         }
     }
-    Err(last_err.unwrap_or_else(|| SourceError::Offline {
-        url: src.url.clone(),
-    }))
+    // Offline, a remote upstream was never tried: that is the reason,
+    // unless a mirror held other bytes.
+    let remote = !src.url.starts_with("file://");
+    match last_err {
+        Some(e @ SourceError::Mismatch { .. }) => Err(e),
+        Some(e) if !(opts.offline && remote) => Err(e),
+        _ => Err(SourceError::Offline {
+            url: src.url.clone(),
+        }),
+    }
 }
 
 fn check(src: &Source, d: &Digests) -> Result<(), SourceError> {
@@ -179,7 +209,7 @@ fn download(url: &str, dest: &Path, offline: bool) -> Result<Digests, SourceErro
         source: e,
     })?;
     let digests = if let Some(path) = url.strip_prefix("file://") {
-        let mut f = fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+        let mut f = fs::File::open(path).map_err(|e| fail(file_reason(&e)))?;
         hash_copy(&mut f, &mut out).map_err(|e| fail(e.to_string()))?
     } else if url.starts_with("http://") || url.starts_with("https://") {
         if offline {
@@ -187,9 +217,13 @@ fn download(url: &str, dest: &Path, offline: bool) -> Result<Digests, SourceErro
                 url: url.to_string(),
             });
         }
-        let resp = ureq::get(url).call().map_err(|e| fail(e.to_string()))?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .build()
+            .into();
+        let resp = agent.get(url).call().map_err(|e| fail(http_reason(e)))?;
         let mut body = resp.into_body().into_reader();
-        hash_copy(&mut body, &mut out).map_err(|e| fail(e.to_string()))?
+        hash_copy(&mut body, &mut out).map_err(|e| fail(format!("reading the body: {e}")))?
     } else {
         return Err(SourceError::Scheme {
             url: url.to_string(),
@@ -197,6 +231,32 @@ fn download(url: &str, dest: &Path, offline: bool) -> Result<Digests, SourceErro
     };
     out.sync_all().map_err(|e| fail(e.to_string()))?;
     Ok(digests)
+}
+
+/// Why a `file://` source cannot be opened.
+fn file_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => "not found (no such file)".to_string(),
+        _ => e.to_string(),
+    }
+}
+
+/// Why an HTTP request failed: not found, another status, or unreachable.
+fn http_reason(e: ureq::Error) -> String {
+    match e {
+        ureq::Error::StatusCode(404) => "not found (HTTP 404)".to_string(),
+        ureq::Error::StatusCode(code) => format!("HTTP {code}"),
+        ureq::Error::Io(io) => format!("unreachable ({io})"),
+        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed | ureq::Error::Timeout(_) => {
+            format!("unreachable ({e})")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Both digests of a file.
+pub fn file_digests(path: &Path) -> io::Result<Digests> {
+    hash_copy(&mut fs::File::open(path)?, &mut io::sink())
 }
 
 fn hash_copy(r: &mut dyn Read, w: &mut dyn Write) -> io::Result<Digests> {
