@@ -30,16 +30,8 @@ pub struct BuildArgs {
     /// Stages run in parallel at most (default: number of CPUs).
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<usize>,
-    /// The cache directory (default: $XDG_CACHE_HOME/composer or ~/.cache/composer).
-    #[arg(long, value_name = "DIR", env = "COMPOSER_CACHE_DIR")]
-    pub cache_dir: Option<PathBuf>,
-    /// Never download: sources come from the download cache or a local mirror.
-    #[arg(long)]
-    pub offline: bool,
-    /// Look for sources here first, as MIRROR/<sha256> or MIRROR/<file name>
-    /// (a directory, file:// or http(s):// URL). Repeatable.
-    #[arg(long = "source-mirror", value_name = "MIRROR")]
-    pub mirrors: Vec<String>,
+    #[command(flatten)]
+    pub sources: SourceArgs,
     /// Key of the signing session: an ephemeral ECDSA P-384 key (default)
     /// or an ephemeral RSA-4096 key (for kernels before 5.15).
     #[arg(long, value_name = "TYPE", default_value = "ecdsa-p384", value_parser = ["ecdsa-p384", "rsa-4096", "rsa-4096-sha512"])]
@@ -67,6 +59,28 @@ pub struct BuildArgs {
     pub opts: RenderOpts,
 }
 
+/// Where sources come from: the cache, mirrors, the network (build, fetch).
+#[derive(Args, Debug)]
+pub struct SourceArgs {
+    /// The cache directory (default: $XDG_CACHE_HOME/composer or ~/.cache/composer).
+    #[arg(long, value_name = "DIR", env = "COMPOSER_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Never download: sources come from the download cache or a local mirror.
+    #[arg(long)]
+    pub offline: bool,
+    /// Look for sources here first, as MIRROR/<sha256> or MIRROR/<file name>
+    /// (a directory, file:// or http(s):// URL). Repeatable.
+    #[arg(long = "source-mirror", value_name = "MIRROR")]
+    pub mirrors: Vec<String>,
+}
+
+impl SourceArgs {
+    /// `--cache-dir`, else the default.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(default_cache_dir)
+    }
+}
+
 /// The default cache directory.
 pub fn default_cache_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
@@ -88,15 +102,15 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
         .map_err(|e| CliError::User(e.into()))?;
     let epoch = source_date_epoch(&args.opts.build_args)?;
     let opts = exec::Options {
-        cache_dir: args.cache_dir.clone().unwrap_or_else(default_cache_dir),
+        cache_dir: args.sources.cache_dir(),
         output: args.output.clone(),
         jobs: args.jobs.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
         }),
-        offline: args.offline,
-        mirrors: args.mirrors.clone(),
+        offline: args.sources.offline,
+        mirrors: args.sources.mirrors.clone(),
         epoch,
         insecure: args.images.insecure,
     };

@@ -27,17 +27,8 @@ pub struct FetchArgs {
     /// (DIR/<sha256> and DIR/<file name>), for machines without network.
     #[arg(long, value_name = "DIR")]
     pub to: Option<PathBuf>,
-    /// The cache directory (default: $XDG_CACHE_HOME/composer or ~/.cache/composer).
-    #[arg(long, value_name = "DIR", env = "COMPOSER_CACHE_DIR")]
-    pub cache_dir: Option<PathBuf>,
-    /// Never download: only check that every source is in the download
-    /// cache or a local mirror.
-    #[arg(long)]
-    pub offline: bool,
-    /// Look for sources here first, as MIRROR/<sha256> or MIRROR/<file name>
-    /// (a directory, file:// or http(s):// URL). Repeatable.
-    #[arg(long = "source-mirror", value_name = "MIRROR")]
-    pub mirrors: Vec<String>,
+    #[command(flatten)]
+    pub sources: super::build::SourceArgs,
     #[command(flatten)]
     pub opts: RenderOpts,
 }
@@ -52,10 +43,7 @@ pub fn run(global: &Global, args: &FetchArgs) -> CliResult {
     let packages: Vec<_> = plan.order.iter().filter_map(|n| graph.get(n)).collect();
     let wanted = prefetch::wanted(packages.iter().copied());
 
-    let cache_dir = args
-        .cache_dir
-        .clone()
-        .unwrap_or_else(super::build::default_cache_dir);
+    let cache_dir = args.sources.cache_dir();
     let cache = Cache::open(&cache_dir, &mut || {
         eprintln!(
             "waiting for another composer using the cache {}",
@@ -65,8 +53,8 @@ pub fn run(global: &Global, args: &FetchArgs) -> CliResult {
     .map_err(|e| CliError::User(e.into()))?;
     let opts = SourceOptions {
         dir: cache.downloads(),
-        offline: args.offline,
-        mirrors: args.mirrors.clone(),
+        offline: args.sources.offline,
+        mirrors: args.sources.mirrors.clone(),
     };
     let what = format!("fetching the sources of {}", args.targets.join(" "));
     let fetched = prefetch::fetch_all(&wanted, &opts, &mut |_| {})

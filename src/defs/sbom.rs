@@ -323,8 +323,13 @@ fn unsupported_reference(value: &str, custom: &[(Spanned<String>, String)]) -> O
 
 /// The SPDX id a plain license name is written as (bldr's form).
 pub fn license_ref(name: &str) -> String {
-    let id: String = name
-        .chars()
+    format!("LicenseRef-{}", idstring(name))
+}
+
+/// `name` with every character SPDX ids do not allow (anything but letters,
+/// digits, `.` and `-`) replaced by `-`.
+pub fn idstring(name: &str) -> String {
+    name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
                 c
@@ -332,8 +337,7 @@ pub fn license_ref(name: &str) -> String {
                 '-'
             }
         })
-        .collect();
-    format!("LicenseRef-{id}")
+        .collect()
 }
 
 #[cfg(test)]

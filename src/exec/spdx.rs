@@ -156,19 +156,9 @@ fn pretty(doc: &Document) -> Vec<u8> {
 }
 
 /// `SPDXRef-<prefix>-<name>` with every character SPDX ids do not allow
-/// (anything but letters, digits, `.` and `-`) replaced by `-`.
+/// replaced by `-`.
 pub fn spdx_id(prefix: &str, name: &str) -> String {
-    let clean: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    format!("SPDXRef-{prefix}-{clean}")
+    format!("SPDXRef-{prefix}-{}", crate::defs::sbom::idstring(name))
 }
 
 #[cfg(test)]

@@ -98,20 +98,10 @@ pub fn hailort_chain() {
     assert!(v.status.success(), "{verdict}");
     assert!(verdict.contains("hailo_pci.ko"), "{verdict}");
 
-    let cache = super::cache_dir();
-    let o = common::composer(
+    let o = super::installer::image_installer(
         p.path(),
-        &[
-            "image-installer",
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            "--base-installer-image",
-            "oci:_out/images/installer-base:6.1",
-            "--system-extension-image",
-            "oci:_out/images/hailort:4.23.0",
-            "--output",
-            "_out/installer-amd64.tar",
-        ],
+        &["oci:_out/images/hailort:4.23.0"],
+        "_out/installer-amd64.tar",
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 

@@ -15,7 +15,17 @@ use std::process::Command;
 use super::common;
 
 /// Runs `composer image-installer` in `project` with the test cache.
-fn image_installer(project: &Path, extensions: &[&str], output: &str) -> std::process::Output {
+pub fn image_installer(project: &Path, extensions: &[&str], output: &str) -> std::process::Output {
+    image_installer_with(project, extensions, output, &[])
+}
+
+/// The same with more options.
+pub fn image_installer_with(
+    project: &Path,
+    extensions: &[&str],
+    output: &str,
+    extra: &[&str],
+) -> std::process::Output {
     let cache = super::cache_dir();
     let mut args = vec![
         "image-installer",
@@ -30,6 +40,7 @@ fn image_installer(project: &Path, extensions: &[&str], output: &str) -> std::pr
         args.push("--system-extension-image");
         args.push(e);
     }
+    args.extend_from_slice(extra);
     common::composer(project, &args)
 }
 
@@ -173,22 +184,11 @@ pub fn installer_end_to_end(project: &Path, rel: &str) {
 
     // Let through on purpose, the same module reaches the kernel, which
     // refuses it: the boot check fails, naming the module and the reason.
-    let cache = super::cache_dir();
-    let o = common::composer(
+    let o = image_installer_with(
         project,
-        &[
-            "image-installer",
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            "--base-installer-image",
-            "oci:_out/images/installer-base:6.1",
-            "--system-extension-image",
-            &foreign,
-            "--skip-rule",
-            "modules-signed",
-            "--output",
-            "_out/foreign.tar",
-        ],
+        &[&foreign],
+        "_out/foreign.tar",
+        &["--skip-rule", "modules-signed"],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let check = boot_check(project, "_out/foreign.tar", &[]);
