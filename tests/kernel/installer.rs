@@ -196,8 +196,10 @@ pub fn installer_end_to_end(project: &Path, rel: &str) {
     assert_eq!(check.status.code(), Some(1), "{e}");
     assert!(e.contains("boot check FAILED"), "{e}");
     assert!(
-        e.contains("module hello_pcie NOT loaded") && e.contains("Key was rejected by service"),
-        "the module and the kernel's reason: {e}"
+        e.contains("module hello_pcie NOT loaded")
+            && e.contains("Key was rejected by service")
+            && e.contains("Loading of module with unavailable key is rejected"),
+        "the module, modprobe's error and the kernel's reason: {e}"
     );
     assert!(!String::from_utf8_lossy(&check.stdout).contains("boot check passed"));
 
