@@ -402,6 +402,75 @@ fn sbom_help_has_examples() {
         help.contains("Examples:\n  composer sbom hailort-pkg"),
         "{help}"
     );
+    assert!(help.contains("--step <N>"), "{help}");
+}
+
+/// `two`: two `sbom:` steps (1: `a`, 2: `b`); finalize carries a's
+/// document to two paths.
+fn two_documents() -> TempDir {
+    let sbom =
+        |n: &str| format!("    sbom:\n      outputPath: /rootfs/{n}.spdx.json\n      name: {n}\n");
+    let pkg = format!(
+        "name: two\nvariant: host\nshell: /bin/bash\nsteps:\n  - install:\n      - mkdir -p /rootfs\n{}  - install:\n      - 'true'\n{}finalize:\n  - from: /rootfs\n    to: /\n  - from: /rootfs/a.spdx.json\n    to: /copy/\n",
+        sbom("a"),
+        sbom("b")
+    );
+    common::project(PKGFILE, &[("two/pkg.yaml", pkg)])
+}
+
+#[test]
+fn step_chooses_between_two_sbom_steps_of_one_stage() {
+    let p = two_documents();
+    let sbom = |extra: &[&str]| {
+        let mut args = vec!["--root", "p", "sbom", "two"];
+        args.extend_from_slice(extra);
+        common::composer(p.path(), &args)
+    };
+    let list = String::from_utf8(ok(sbom(&["--list"])).stdout).unwrap();
+    assert_eq!(
+        list,
+        "/a.spdx.json\ttwo\t1\ta\n/b.spdx.json\ttwo\t2\tb\n/copy/a.spdx.json\ttwo\t1\ta\n"
+    );
+    for extra in [&["-o", "x.json"][..], &["--stage", "two", "-o", "x.json"]] {
+        let out = sbom(extra);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {e}");
+        assert!(
+            e.contains("carries 3 documents (/a.spdx.json from --stage two --step 1, /b.spdx.json from --stage two --step 2, /copy/a.spdx.json from --stage two --step 1); choose one with --stage STAGE --step N"),
+            "{e}"
+        );
+        assert!(!p.path().join("x.json").exists());
+    }
+    ok(sbom(&["--stage", "two", "--step", "2", "-o", "b.json"]));
+    let b = fs::read(p.path().join("b.json")).unwrap();
+    assert_eq!(json(&b)["packages"][0]["name"], "b");
+    assert_eq!(b, ok(sbom(&["--stage", "two", "--step", "2"])).stdout);
+    // One step's document at two paths is one document.
+    ok(sbom(&["--stage", "two", "--step", "1", "-o", "a.json"]));
+    assert_eq!(
+        json(&fs::read(p.path().join("a.json")).unwrap())["packages"][0]["name"],
+        "a"
+    );
+    let out = sbom(&["--stage", "two", "--step", "3"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("`two` carries no document of step 3 of stage `two`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (extra, says) in [
+        (&["--step", "2"][..], "--stage <STAGE>"),
+        (&["--stage", "two", "--step", "0"], "0 is not in 1.."),
+        (&["--list", "-o", "l.json"], "cannot be used with"),
+    ] {
+        let out = sbom(extra);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?}");
+        assert!(e.contains(says), "{extra:?}: {e}");
+        assert!(out.stdout.is_empty(), "{extra:?}");
+    }
+    assert!(!p.path().join("l.json").exists());
 }
 
 #[test]
