@@ -1,8 +1,8 @@
 //! SBOMs: the SPDX 2.3 documents `sbom:` steps make, checked by a real SPDX
 //! reader (spdx-tools' `pyspdxtools`, PyPI `spdx-tools`, which `make test`
 //! installs), byte-identical from build to build and to `composer sbom`,
-//! carried into the extension images built from the stage; bad `sbom:`
-//! input reported at its position; the real trees' documents all valid.
+//! carried into the extension images built from the stage; the real
+//! trees' documents all valid. Bad `sbom:` input: sbom_checks.rs.
 
 mod common;
 
@@ -331,72 +331,6 @@ fn failed(dir: &Path, args: &[&str]) -> String {
 }
 
 #[test]
-fn bad_sbom_input_is_reported_at_its_position_all_in_one_run() {
-    let p = bad_sbom(concat!(
-        "      outputPath: rootfs/x.spdx.json\n",
-        "      cpes:\n",
-        "        - cpe:/a:acme:drv:1.0\n",
-        "      purl: github/acme/drv\n",
-        "      licenses:\n",
-        "        - MIT ORR Apache-2.0\n",
-        "        - LicenseRef-Mine\n",
-        "      customLicenses:\n",
-        "        - id: Acme\n",
-        "          text: some text\n",
-    ));
-    let e = failed(p.path(), &["--root", "p", "validate"]);
-    let f = "p/bad/pkg.yaml";
-    for (pos, what) in [
-        (
-            "8:19",
-            "steps[0].sbom.outputPath: `rootfs/x.spdx.json` must be an absolute path",
-        ),
-        (
-            "10:11",
-            "steps[0].sbom.cpes[0]: `cpe:/a:acme:drv:1.0` is not a CPE 2.3 formatted string",
-        ),
-        (
-            "11:13",
-            "steps[0].sbom.purl: `github/acme/drv` is not a package URL",
-        ),
-        (
-            "13:11",
-            "steps[0].sbom.licenses[0]: `MIT ORR Apache-2.0` is not an SPDX license expression",
-        ),
-        (
-            "14:11",
-            "steps[0].sbom.licenses[1]: `LicenseRef-Mine` has no text",
-        ),
-        (
-            "16:15",
-            "steps[0].sbom.customLicenses[0].id: `Acme` is not a custom license id",
-        ),
-    ] {
-        assert!(
-            e.contains(&format!("{f}:{pos}: error: {what}")),
-            "{pos} {what}:\n{e}"
-        );
-    }
-    assert!(e.contains("at `ORR` (character 5)"), "{e}");
-}
-
-#[test]
-fn an_sbom_without_output_path_fails_validate_and_build_before_anything_is_written() {
-    let p = bad_sbom("      version: 1.0.0\n");
-    let e = failed(p.path(), &["--root", "p", "validate"]);
-    assert!(
-        e.contains("p/bad/pkg.yaml:8:7: error: steps[0].sbom.outputPath: missing required field `outputPath`"),
-        "{e}"
-    );
-    failed(
-        p.path(),
-        &["--root", "p", "build", "--cache-dir", "cache", "bad"],
-    );
-    assert!(!p.path().join("_out").exists());
-    assert!(!p.path().join("cache").exists());
-}
-
-#[test]
 fn a_lone_non_spdx_license_name_is_a_warning_and_a_licenseref_the_reader_accepts() {
     let p = bad_sbom("      outputPath: /rootfs/x.spdx.json\n      licenses:\n        - CUSTOM\n");
     let out = common::composer(p.path(), &["--root", "p", "sbom", "bad"]);
@@ -468,6 +402,75 @@ fn sbom_help_has_examples() {
         help.contains("Examples:\n  composer sbom hailort-pkg"),
         "{help}"
     );
+    assert!(help.contains("--step <N>"), "{help}");
+}
+
+/// `two`: two `sbom:` steps (1: `a`, 2: `b`); finalize carries a's
+/// document to two paths.
+fn two_documents() -> TempDir {
+    let sbom =
+        |n: &str| format!("    sbom:\n      outputPath: /rootfs/{n}.spdx.json\n      name: {n}\n");
+    let pkg = format!(
+        "name: two\nvariant: host\nshell: /bin/bash\nsteps:\n  - install:\n      - mkdir -p /rootfs\n{}  - install:\n      - 'true'\n{}finalize:\n  - from: /rootfs\n    to: /\n  - from: /rootfs/a.spdx.json\n    to: /copy/\n",
+        sbom("a"),
+        sbom("b")
+    );
+    common::project(PKGFILE, &[("two/pkg.yaml", pkg)])
+}
+
+#[test]
+fn step_chooses_between_two_sbom_steps_of_one_stage() {
+    let p = two_documents();
+    let sbom = |extra: &[&str]| {
+        let mut args = vec!["--root", "p", "sbom", "two"];
+        args.extend_from_slice(extra);
+        common::composer(p.path(), &args)
+    };
+    let list = String::from_utf8(ok(sbom(&["--list"])).stdout).unwrap();
+    assert_eq!(
+        list,
+        "/a.spdx.json\ttwo\t1\ta\n/b.spdx.json\ttwo\t2\tb\n/copy/a.spdx.json\ttwo\t1\ta\n"
+    );
+    for extra in [&["-o", "x.json"][..], &["--stage", "two", "-o", "x.json"]] {
+        let out = sbom(extra);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {e}");
+        assert!(
+            e.contains("carries 3 documents (/a.spdx.json from --stage two --step 1, /b.spdx.json from --stage two --step 2, /copy/a.spdx.json from --stage two --step 1); choose one with --stage STAGE --step N"),
+            "{e}"
+        );
+        assert!(!p.path().join("x.json").exists());
+    }
+    ok(sbom(&["--stage", "two", "--step", "2", "-o", "b.json"]));
+    let b = fs::read(p.path().join("b.json")).unwrap();
+    assert_eq!(json(&b)["packages"][0]["name"], "b");
+    assert_eq!(b, ok(sbom(&["--stage", "two", "--step", "2"])).stdout);
+    // One step's document at two paths is one document.
+    ok(sbom(&["--stage", "two", "--step", "1", "-o", "a.json"]));
+    assert_eq!(
+        json(&fs::read(p.path().join("a.json")).unwrap())["packages"][0]["name"],
+        "a"
+    );
+    let out = sbom(&["--stage", "two", "--step", "3"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("`two` carries no document of step 3 of stage `two`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (extra, says) in [
+        (&["--step", "2"][..], "--stage <STAGE>"),
+        (&["--stage", "two", "--step", "0"], "0 is not in 1.."),
+        (&["--list", "-o", "l.json"], "cannot be used with"),
+    ] {
+        let out = sbom(extra);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?}");
+        assert!(e.contains(says), "{extra:?}: {e}");
+        assert!(out.stdout.is_empty(), "{extra:?}");
+    }
+    assert!(!p.path().join("l.json").exists());
 }
 
 #[test]

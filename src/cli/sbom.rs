@@ -19,13 +19,19 @@ pub struct SbomArgs {
     /// The stage whose documents to print.
     #[arg(value_name = "TARGET")]
     pub target: String,
-    /// Write the document to FILE instead of standard output (one document:
-    /// choose with --stage when the target carries several).
-    #[arg(short = 'o', long, value_name = "FILE")]
+    /// Write the document to FILE instead of standard output. One document
+    /// only: when the target carries several, choose it with --stage, and
+    /// with --step too when that stage has several `sbom:` steps.
+    #[arg(short = 'o', long, value_name = "FILE", conflicts_with = "list")]
     pub output: Option<PathBuf>,
     /// Only the documents written by this stage.
     #[arg(long, value_name = "STAGE")]
     pub stage: Option<String>,
+    /// Only the document of this step of --stage: N counts every step of
+    /// the stage's pkg.yaml from 1, those without `sbom:` too (the step
+    /// --list shows).
+    #[arg(long, value_name = "N", requires = "stage", value_parser = clap::value_parser!(u64).range(1..))]
+    pub step: Option<u64>,
     /// List the documents (path in the target's output, stage, step, name)
     /// instead of printing them; with --json, as JSON.
     #[arg(long)]
@@ -52,13 +58,19 @@ pub fn run(global: &Global, args: &SbomArgs) -> CliResult {
             args.target
         )));
     }
-    let chosen: Vec<Carried> = match &args.stage {
-        None => all.clone(),
-        Some(s) => all.iter().filter(|c| &c.stage == s).cloned().collect(),
-    };
+    let chosen: Vec<Carried> = all
+        .iter()
+        .filter(|c| args.stage.as_ref().is_none_or(|s| &c.stage == s))
+        .filter(|c| args.step.is_none_or(|n| c.step as u64 == n))
+        .cloned()
+        .collect();
     if chosen.is_empty() {
+        let step = args
+            .step
+            .map(|n| format!("step {n} of "))
+            .unwrap_or_default();
         return Err(CliError::user(format!(
-            "`{}` carries no document of stage `{}`; it carries: {}",
+            "`{}` carries no document of {step}stage `{}`; it carries: {}",
             args.target,
             args.stage.as_deref().unwrap_or_default(),
             describe(&all)
@@ -73,14 +85,19 @@ pub fn run(global: &Global, args: &SbomArgs) -> CliResult {
     }
     match &args.output {
         Some(file) => {
-            let [(_, (_, bytes))] = docs.as_slice() else {
+            // One step's document carried to several paths is one document.
+            let (first, (_, bytes)) = &docs[0];
+            if docs
+                .iter()
+                .any(|(c, _)| (&c.stage, c.step) != (&first.stage, first.step))
+            {
                 return Err(CliError::user(format!(
-                    "`{}` carries {} documents ({}); choose one with --stage",
+                    "`{}` carries {} documents ({}); choose one with --stage STAGE --step N",
                     args.target,
                     docs.len(),
                     describe(&chosen)
                 )));
-            };
+            }
             write_atomically(file, bytes)?;
         }
         None => {
@@ -142,7 +159,7 @@ fn list(global: &Global, docs: &[(&Carried, (String, Vec<u8>))]) -> CliResult {
 
 fn describe(docs: &[Carried]) -> String {
     docs.iter()
-        .map(|c| format!("{} from stage {}", c.path, c.stage))
+        .map(|c| format!("{} from --stage {} --step {}", c.path, c.stage, c.step))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -70,19 +70,20 @@ pub fn read_pkg(r: &mut Reader<'_>, root: &Node<'_>, dir: &Path) -> Option<Pkg> 
         return None;
     }
     let entries = r.mapping(root, "", PKG_KEYS);
-    let mut variant_seen = false;
-    for (key, value) in entries {
+    // First: what the steps may write depends on it.
+    let variant = entries.iter().find(|(k, _)| k.as_ref() == "variant");
+    if let Some((_, value)) = variant
+        && let Some(v) = r.string(value, "variant")
+    {
+        match Variant::parse(&v.value) {
+            Some(variant) => pkg.variant = variant,
+            None => report_choice(r, &v, "variant", &Variant::NAMES),
+        }
+    }
+    for (key, value) in &entries {
         match key.as_ref() {
             "name" => name = r.string(value, "name"),
-            "variant" => {
-                variant_seen = true;
-                if let Some(v) = r.string(value, "variant") {
-                    match Variant::parse(&v.value) {
-                        Some(variant) => pkg.variant = variant,
-                        None => report_choice(r, &v, "variant", &Variant::NAMES),
-                    }
-                }
-            }
+            "variant" => {}
             "shell" => {
                 if let Some(s) = r.string(value, "shell") {
                     pkg.shell = Some(s.value);
@@ -101,7 +102,8 @@ pub fn read_pkg(r: &mut Reader<'_>, root: &Node<'_>, dir: &Path) -> Option<Pkg> 
             }
             "steps" => {
                 for (i, item) in r.sequence(value, "steps").into_iter().enumerate() {
-                    pkg.steps.push(read_step(r, item, &format!("steps[{i}]")));
+                    let step = read_step(r, item, &format!("steps[{i}]"), pkg.variant);
+                    pkg.steps.push(step);
                 }
             }
             "finalize" => {
@@ -125,7 +127,7 @@ pub fn read_pkg(r: &mut Reader<'_>, root: &Node<'_>, dir: &Path) -> Option<Pkg> 
             _ => {}
         }
     }
-    if !variant_seen {
+    if variant.is_none() {
         let span = r.span(root);
         r.report.push(
             Diagnostic::error(span, "variant", "missing required field `variant`")
@@ -227,7 +229,7 @@ fn read_dependency(r: &mut Reader<'_>, node: &Node<'_>, field: &str) -> Option<D
     Some(dep)
 }
 
-fn read_step(r: &mut Reader<'_>, node: &Node<'_>, field: &str) -> Step {
+fn read_step(r: &mut Reader<'_>, node: &Node<'_>, field: &str, variant: Variant) -> Step {
     let mut step = Step::default();
     for (k, v) in r.mapping(node, field, STEP_KEYS) {
         let path = join(field, &k);
@@ -261,7 +263,7 @@ fn read_step(r: &mut Reader<'_>, node: &Node<'_>, field: &str) -> Step {
             "build" => step.build = values(r.strings(v, &path)),
             "install" => step.install = values(r.strings(v, &path)),
             "test" => step.test = values(r.strings(v, &path)),
-            _ => step.sbom = Some(read_sbom(r, v, &path)),
+            _ => step.sbom = Some(read_sbom(r, v, &path, variant)),
         }
     }
     step

@@ -9,12 +9,19 @@
 //! `customLicenses` (`id: LicenseRef-…` with its `text`, added to the
 //! licenses). Checks, stricter than bldr where bldr would write a document
 //! an SPDX reader rejects:
-//! - `outputPath` is required, absolute, without `..`, and names a file;
+//! - `outputPath` is required, absolute, without `..`, and names a file
+//!   the stage keeps: not under `/pkg` (the package directory, read-only),
+//!   `/proc`, `/dev`, `/sys` or `/tmp` (the sandbox's own, gone after the
+//!   step; `/tmp/build` is kept), nor, in `variant: host`, under the host's
+//!   read-only directories ([`HOST_DIRS`]). Whether the path goes through
+//!   a symlink depends on what the steps did: the write checks that.
 //! - each license is an SPDX expression (deprecated identifiers such as
 //!   `GPL-2.0` allowed, as SPDX 2.3 allows them) that references no
 //!   `LicenseRef-` without text; a lone word that is no SPDX identifier
 //!   (`CUSTOM`) is kept as bldr keeps it, as `LicenseRef-<word>` with the
 //!   word as its text, and warned about;
+//!   two different names that become one id (`Foo_Bar` and `Foo-Bar`)
+//!   are an error, as the document could keep only one text;
 //! - custom license ids are `LicenseRef-` + letters, digits, `.` or `-`,
 //!   unique, with non-blank text;
 //! - CPEs are CPE 2.3 formatted strings, the purl parses as a package URL.
@@ -26,7 +33,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use super::schema::{License, Sbom, Spanned};
+use super::schema::{HOST_DIRS, License, Sbom, Spanned, Variant};
 use super::yaml::{Node, Reader, join};
 use crate::diag::Diagnostic;
 
@@ -62,8 +69,13 @@ static CUSTOM_ID: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^LicenseRef-[A-Za-z0-9.\-]+$").expect("the LicenseRef pattern is valid")
 });
 
-/// Reads `steps[N].sbom` (`field`), reporting every problem.
-pub fn read_sbom(r: &mut Reader<'_>, node: &Node<'_>, field: &str) -> Sbom {
+/// Top-level directories the sandbox gives every step afresh and does not
+/// keep (except `/tmp/build`, the stage's working directory).
+pub const SANDBOX_DIRS: [&str; 4] = ["proc", "dev", "sys", "tmp"];
+
+/// Reads `steps[N].sbom` (`field`) of a stage of `variant`, reporting every
+/// problem.
+pub fn read_sbom(r: &mut Reader<'_>, node: &Node<'_>, field: &str, variant: Variant) -> Sbom {
     let mut sbom = Sbom::default();
     let mut licenses = Vec::new();
     let mut custom = Vec::new();
@@ -90,7 +102,12 @@ pub fn read_sbom(r: &mut Reader<'_>, node: &Node<'_>, field: &str) -> Sbom {
     }
     match output_path {
         Some(p) => {
-            check_output_path(r, &p, &join(field, "outputPath"));
+            if let Some(problem) = output_path_problem(&p.value, variant) {
+                r.report.push(
+                    Diagnostic::error(p.span.clone(), join(field, "outputPath"), format!("`{}` {problem}", p.value))
+                        .with_hint("e.g. /rootfs/usr/local/share/spdx/NAME.spdx.json (finalize then carries it into the output)"),
+                );
+            }
             sbom.output_path = p.value;
         }
         None => r.report.push(
@@ -119,21 +136,32 @@ pub fn read_sbom(r: &mut Reader<'_>, node: &Node<'_>, field: &str) -> Sbom {
     sbom
 }
 
-fn check_output_path(r: &mut Reader<'_>, p: &Spanned<String>, field: &str) {
-    let v = &p.value;
-    let problem = if !v.starts_with('/') {
-        "must be an absolute path in the stage's filesystem"
-    } else if v.split('/').any(|c| c == "..") {
-        "must not contain `..`"
-    } else if v.ends_with('/') || v.trim_matches('/').is_empty() {
-        "must name a file, not a directory"
-    } else {
-        return;
-    };
-    r.report.push(
-        Diagnostic::error(p.span.clone(), field, format!("`{v}` {problem}"))
-            .with_hint("e.g. /rootfs/usr/local/share/spdx/NAME.spdx.json (finalize then carries it into the output)"),
-    );
+/// Why `path` cannot be the `outputPath` of a step of a `variant` stage,
+/// phrased to follow the path; `None` when it can.
+pub fn output_path_problem(path: &str, variant: Variant) -> Option<String> {
+    if !path.starts_with('/') {
+        return Some("must be an absolute path in the stage's filesystem".into());
+    }
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    if parts.contains(&"..") {
+        return Some("must not contain `..`".into());
+    }
+    if path.ends_with('/') || parts.last().is_none_or(|c| *c == ".") {
+        return Some("must name a file, not a directory".into());
+    }
+    let parts: Vec<&str> = parts.into_iter().filter(|c| *c != ".").collect();
+    Some(match parts.as_slice() {
+        ["tmp", "build"] => "names the build directory /tmp/build, not a file".into(),
+        ["tmp", "build", ..] => return None,
+        ["pkg", ..] => "is under /pkg, the package directory, which is read-only".into(),
+        [first, ..] if SANDBOX_DIRS.contains(first) => format!(
+            "is under /{first}, which the sandbox provides to the step and does not keep (only /tmp/build is kept): write under /rootfs or another directory finalize takes"
+        ),
+        [first, ..] if variant == Variant::Host && HOST_DIRS.contains(first) => {
+            format!("is under /{first}, which in variant host is the host's and read-only")
+        }
+        _ => return None,
+    })
 }
 
 fn check_purl(r: &mut Reader<'_>, s: &Spanned<String>, field: &str) {
@@ -207,6 +235,8 @@ fn read_licenses(
     field: &str,
 ) -> Vec<License> {
     let mut out = Vec::new();
+    // Plain names so far: each one's id is its text's key in the document.
+    let mut names: Vec<&Spanned<String>> = Vec::new();
     for (i, s) in licenses.iter().enumerate() {
         let field = format!("{field}[{i}]");
         if s.value.contains("<no value>") {
@@ -216,16 +246,31 @@ fn read_licenses(
         match classify(&s.value) {
             Ok(License::Name(name)) => {
                 let id = license_ref(&name);
-                if custom.iter().any(|(c, _)| c.value == id) {
-                    r.report.push(Diagnostic::error(
-                        s.span.clone(),
-                        field,
-                        format!(
-                            "`{name}` would be written as `{id}`, which customLicenses declares too"
-                        ),
-                    ));
+                let problem = if custom.iter().any(|(c, _)| c.value == id) {
+                    Some("which customLicenses declares too".to_string())
+                } else {
+                    names
+                        .iter()
+                        .find(|n| n.value != name && license_ref(&n.value) == id)
+                        .map(|n| {
+                            format!(
+                                "as `{}` (at {}) is: one id cannot carry both texts",
+                                n.value, n.span
+                            )
+                        })
+                };
+                if let Some(problem) = problem {
+                    r.report.push(
+                        Diagnostic::error(
+                            s.span.clone(),
+                            field,
+                            format!("`{name}` would be written as `{id}`, {problem}"),
+                        )
+                        .with_hint("declare the license under customLicenses with an id of its own and its text"),
+                    );
                     continue;
                 }
+                names.push(s);
                 let mut d = Diagnostic::warning(
                     s.span.clone(),
                     field,
@@ -368,6 +413,40 @@ mod tests {
         assert!(e.contains("at `ORR` (character 5)"), "{e}");
         assert!(classify("MIT AND (Apache-2.0").is_err());
         assert!(classify("").is_err());
+    }
+
+    #[test]
+    fn output_path_rules_know_the_sandbox_and_the_host_directories() {
+        for ok in [
+            "/rootfs/x.json",
+            "/tmp/build/a/x.json",
+            "/usr/x.json",
+            "/./opt/x",
+        ] {
+            assert_eq!(output_path_problem(ok, Variant::Scratch), None, "{ok}");
+        }
+        for (bad, problem) in [
+            ("rootfs/x.json", "absolute"),
+            ("/rootfs/../x.json", "`..`"),
+            ("/rootfs/", "name a file"),
+            ("/rootfs/.", "name a file"),
+            ("/tmp/build", "the build directory"),
+            ("/pkg/x.json", "/pkg"),
+            ("/tmp/x.json", "/tmp, which the sandbox"),
+            ("//proc/x", "/proc"),
+            ("/sys/x", "/sys"),
+        ] {
+            for variant in [Variant::Scratch, Variant::Host] {
+                let p = output_path_problem(bad, variant).unwrap_or_default();
+                assert!(p.contains(problem), "{bad}: {p}");
+            }
+        }
+        for dir in HOST_DIRS {
+            let path = format!("/{dir}/share/x.spdx.json");
+            let p = output_path_problem(&path, Variant::Host).unwrap_or_default();
+            assert!(p.contains("the host's and read-only"), "{path}: {p}");
+            assert_eq!(output_path_problem(&path, Variant::Scratch), None);
+        }
     }
 
     #[test]

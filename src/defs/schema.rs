@@ -33,6 +33,13 @@ pub enum Variant {
     Host,
 }
 
+/// Host directories (or their symlinks) a `variant: host` stage sees
+/// read-only. `/home`, `/root`, `/tmp`, `/var`, `/run` and the rest are not
+/// shared: they stay the stage's own.
+pub const HOST_DIRS: [&str; 9] = [
+    "bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "opt",
+];
+
 impl Variant {
     pub const NAMES: [&'static str; 3] = ["alpine", "scratch", "host"];
 

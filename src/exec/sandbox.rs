@@ -32,12 +32,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// Host directories (or their symlinks) a `variant: host` stage sees
-/// read-only. `/home`, `/root`, `/tmp`, `/var`, `/run` and the rest are not
-/// shared: they stay the stage's own.
-pub const HOST_DIRS: [&str; 9] = [
-    "bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "opt",
-];
+use crate::defs::schema::HOST_DIRS;
 
 /// Capabilities kept inside the sandbox: a container runtime's defaults.
 const CAPS: [&str; 14] = [

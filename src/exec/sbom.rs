@@ -35,21 +35,20 @@ use std::path::{Component, Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::key::Fingerprint;
-use super::sandbox::HOST_DIRS;
 use super::spdx::{
     Checksum, CreationInfo, Document, ExternalRef, ExtractedLicense, NOASSERTION, Package,
     Relationship, spdx_id,
 };
 use crate::defs::load::Package as Stage;
-use crate::defs::sbom::license_ref;
-use crate::defs::schema::{License, Sbom, Source};
+use crate::defs::sbom::{license_ref, output_path_problem};
+use crate::defs::schema::{License, Sbom, Source, Variant};
 use crate::graph::Graph;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SbomError {
     #[error("SOURCE_DATE_EPOCH {0} is not a time an SBOM can carry")]
     Epoch(i64),
-    #[error("sbom outputPath `{path}`: {problem}")]
+    #[error("sbom outputPath `{path}` {problem}")]
     Path { path: String, problem: String },
     #[error("writing the SBOM to {}: {source}", .path.display())]
     Io {
@@ -266,13 +265,15 @@ fn license_list_version() -> String {
         .join(".")
 }
 
-/// Writes `bytes` at `output_path` of a stage whose filesystem is `root`
-/// and whose `/tmp/build` is `build`; `host` for variant host, whose system
-/// directories are the host's. Returns the file written.
+/// Writes `bytes` at `output_path` of a stage of `variant` whose filesystem
+/// is `root` and whose `/tmp/build` is `build`. Returns the file written.
+/// The path's own rules were checked when the definitions loaded
+/// ([`output_path_problem`]); they are checked again here, as a caller may
+/// not have loaded them.
 pub fn write(
     root: &Path,
     build: &Path,
-    host: bool,
+    variant: Variant,
     output_path: &str,
     bytes: &[u8],
 ) -> Result<PathBuf, SbomError> {
@@ -280,33 +281,23 @@ pub fn write(
         path: output_path.to_string(),
         problem: problem.to_string(),
     };
+    if let Some(problem) = output_path_problem(output_path, variant) {
+        return Err(bad(&problem));
+    }
     let parts: Vec<&str> = Path::new(output_path)
         .components()
         .map(|c| match c {
             Component::Normal(n) => n.to_str().ok_or_else(|| bad("is not UTF-8")),
-            Component::RootDir | Component::CurDir => Ok(""),
-            Component::ParentDir | Component::Prefix(_) => Err(bad("must not contain `..`")),
+            _ => Ok(""),
         })
         .filter(|p| !matches!(p, Ok("")))
         .collect::<Result<_, _>>()?;
     let (base, parts) = match parts.as_slice() {
         ["tmp", "build", rest @ ..] => (build, rest),
-        [] => return Err(bad("names no file")),
-        ["pkg", ..] => return Err(bad("/pkg is the package directory, read-only")),
-        [first @ ("proc" | "dev" | "sys" | "tmp"), ..] => {
-            return Err(bad(&format!(
-                "/{first} is the sandbox's own and not kept after the step; write under /rootfs or another directory finalize takes"
-            )));
-        }
-        [first, ..] if host && HOST_DIRS.contains(first) => {
-            return Err(bad(&format!(
-                "in variant host, /{first} is the host's and read-only"
-            )));
-        }
         all => (root, all),
     };
     let Some((file, dirs)) = parts.split_last() else {
-        return Err(bad("names the build directory, not a file"));
+        return Err(bad("names no file"));
     };
     let mut dir = base.to_path_buf();
     for d in dirs {
@@ -315,10 +306,14 @@ pub fn write(
             Ok(m) if m.is_dir() => {}
             Ok(m) if m.file_type().is_symlink() => {
                 return Err(bad(&format!(
-                    "`{d}` is a symlink in the stage's filesystem; the SBOM is written only through real directories"
+                    "goes through a symlink: `{d}` is a symlink in the stage's filesystem, and the SBOM is written only through real directories"
                 )));
             }
-            Ok(_) => return Err(bad(&format!("`{d}` is not a directory"))),
+            Ok(_) => {
+                return Err(bad(&format!(
+                    "goes through `{d}`, which is not a directory"
+                )));
+            }
             Err(_) => fs::create_dir(&dir).map_err(|source| SbomError::Io {
                 path: dir.clone(),
                 source,
@@ -478,11 +473,18 @@ mod tests {
             fs::create_dir(d).unwrap();
         }
         std::os::unix::fs::symlink(&outside, root.join("rootfs")).unwrap();
-        let e = write(&root, &build, false, "/rootfs/x.spdx.json", b"{}").unwrap_err();
+        let e = write(
+            &root,
+            &build,
+            Variant::Scratch,
+            "/rootfs/x.spdx.json",
+            b"{}",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("`rootfs` is a symlink"), "{e}");
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
         std::os::unix::fs::symlink(outside.join("f"), root.join("f.json")).unwrap();
-        assert!(write(&root, &build, false, "/f.json", b"{}").is_err());
+        assert!(write(&root, &build, Variant::Scratch, "/f.json", b"{}").is_err());
         assert!(!outside.join("f").exists());
     }
 
@@ -492,12 +494,15 @@ mod tests {
         let (root, build) = (t.path().join("root"), t.path().join("build"));
         fs::create_dir(&root).unwrap();
         fs::create_dir(&build).unwrap();
-        let p = write(&root, &build, false, "/tmp/build/s/a.json", b"x").unwrap();
+        let p = write(&root, &build, Variant::Scratch, "/tmp/build/s/a.json", b"x").unwrap();
         assert_eq!(p, build.join("s/a.json"));
         for bad in ["/pkg/a.json", "/proc/a", "/tmp/a.json", "/"] {
-            assert!(write(&root, &build, false, bad, b"x").is_err(), "{bad}");
+            assert!(
+                write(&root, &build, Variant::Scratch, bad, b"x").is_err(),
+                "{bad}"
+            );
         }
-        assert!(write(&root, &build, true, "/usr/a.json", b"x").is_err());
-        assert!(write(&root, &build, false, "/usr/a.json", b"x").is_ok());
+        assert!(write(&root, &build, Variant::Host, "/usr/a.json", b"x").is_err());
+        assert!(write(&root, &build, Variant::Scratch, "/usr/a.json", b"x").is_ok());
     }
 }

@@ -26,12 +26,12 @@ use super::cache::{Cache, CacheError, Entry, Meta, now};
 use super::fsops::{self, FsError};
 use super::overlay;
 use super::pkgdir::PkgDir;
-use super::sandbox::{self, HOST_DIRS, Mount, Outcome, SandboxError, SecretFile, Spec};
+use super::sandbox::{self, Mount, Outcome, SandboxError, SecretFile, Spec};
 use super::sbom::{self, SbomError};
 use super::shell::shell_of;
 use super::sources::{self, SourceError, SourceOptions};
 use crate::defs::load::Package;
-use crate::defs::schema::{Network, Variant};
+use crate::defs::schema::{HOST_DIRS, Network, Variant};
 use crate::defs::vars::Platform;
 use crate::graph::Input;
 
@@ -323,7 +323,7 @@ fn run_in(
         if let Some(doc) = &step.sbom {
             emit(Event::Phase(format!("step {n}: sbom")));
             sbom::document(&job.package, doc, ctx.epoch)
-                .and_then(|bytes| sbom::write(&root, &build, host, &doc.output_path, &bytes))
+                .and_then(|bytes| sbom::write(&root, &build, pkg.variant, &doc.output_path, &bytes))
                 .map_err(|error| StageError::Sbom { step: n, error })?;
         }
         if !step.test.is_empty() {

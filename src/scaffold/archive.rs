@@ -14,8 +14,12 @@
 //!
 //! Paths are relative to the unpacked source top: the archive's single
 //! top-level directory is dropped, as the generated step's
-//! `tar --strip-components=1` does; an archive whose entries are not all
-//! under one directory is unpacked as it is (`strip` 0).
+//! `tar --strip-components=N` does; an archive whose entries are not all
+//! under one directory is unpacked as it is (`strip` 0). Components are
+//! counted as GNU tar counts them: every `/`-separated name, `.` included,
+//! so an archive made by `tar -czf x.tgz ./top` (entries `./top/…`) has
+//! its top directory dropped with `--strip-components=2`, while `top/./a`
+//! unpacks to `top/a`.
 //!
 //! Archives: tar, plain or compressed with gzip, xz, zstd or bzip2,
 //! recognised by their first bytes, not by their names.
@@ -25,7 +29,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, BufReader, Read, Seek};
-use std::path::{Component, Path};
+use std::path::Path;
 use std::sync::LazyLock;
 
 use regex::Regex;
@@ -53,7 +57,8 @@ pub struct Listing {
     pub dirs: BTreeSet<String>,
     /// `Kbuild` and `Makefile` contents by path.
     build_files: BTreeMap<String, String>,
-    pub strip: u8,
+    /// `tar --strip-components` that unpacks the archive at the source top.
+    pub strip: usize,
 }
 
 impl Listing {
@@ -68,7 +73,7 @@ impl Listing {
             if !(kind.is_file() || kind.is_dir() || kind.is_symlink() || kind.is_hard_link()) {
                 continue; // pax and GNU headers, devices
             }
-            let Some(parts) = parts(&entry.path()?) else {
+            let Some(parts) = parts(&entry.path_bytes()) else {
                 continue;
             };
             if kind.is_dir() {
@@ -91,35 +96,36 @@ impl Listing {
     }
 
     fn from_entries(dirs: Vec<Vec<String>>, files: Vec<(Vec<String>, Option<String>)>) -> Listing {
-        let tops: BTreeSet<&String> = dirs
-            .iter()
-            .chain(files.iter().map(|(p, _)| p))
-            .map(|p| &p[0])
-            .collect();
-        let top_file = files.iter().any(|(p, _)| p.len() == 1);
-        let strip = usize::from(tops.len() == 1 && !top_file);
-        let join = |p: &[String]| match p {
-            [] => ".".to_string(),
-            p => p.join("/"),
+        let strip = strip_count(&dirs, &files);
+        // What GNU tar creates for an entry: its components after `strip`,
+        // without `.`.
+        let unpacked = |p: &[String]| -> Vec<String> {
+            p.iter()
+                .skip(strip)
+                .filter(|c| *c != ".")
+                .cloned()
+                .collect()
         };
         let mut listing = Listing {
-            strip: strip as u8,
+            strip,
             ..Listing::default()
         };
         listing.dirs.insert(".".to_string());
         for d in &dirs {
-            for end in strip + 1..=d.len() {
-                listing.dirs.insert(join(&d[strip..end]));
+            let d = unpacked(d);
+            for end in 1..=d.len() {
+                listing.dirs.insert(d[..end].join("/"));
             }
         }
         for (p, text) in files {
-            for end in strip + 1..p.len() {
-                listing.dirs.insert(join(&p[strip..end]));
+            let p = unpacked(&p);
+            for end in 1..p.len() {
+                listing.dirs.insert(p[..end].join("/"));
             }
             if let Some(text) = text
-                && p.len() > strip
+                && !p.is_empty()
             {
-                listing.build_files.insert(join(&p[strip..]), text);
+                listing.build_files.insert(p.join("/"), text);
             }
         }
         listing
@@ -199,18 +205,36 @@ fn in_dir(dir: &str, name: &str) -> String {
     }
 }
 
-/// The normal components of an entry's path; `None` for `..` or an empty
-/// path.
-fn parts(path: &Path) -> Option<Vec<String>> {
-    let mut out = Vec::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(s) => out.push(s.to_string_lossy().into_owned()),
-            Component::CurDir | Component::RootDir => {}
-            Component::ParentDir | Component::Prefix(_) => return None,
-        }
+/// `--strip-components` that drops the archive's single top directory
+/// together with the `./` components every entry starts with (GNU tar
+/// counts them); 0 when the entries are not all in one directory.
+fn strip_count(dirs: &[Vec<String>], files: &[(Vec<String>, Option<String>)]) -> usize {
+    let all = || dirs.iter().chain(files.iter().map(|(p, _)| p));
+    let dots = all()
+        .map(|p| p.iter().take_while(|c| *c == ".").count())
+        .min()
+        .unwrap_or(0);
+    let tops: BTreeSet<&String> = all().filter_map(|p| p.get(dots)).collect();
+    let top_file = files.iter().any(|(p, _)| p.len() == dots + 1);
+    if tops.len() == 1 && !top_file {
+        dots + 1
+    } else {
+        0
     }
-    (!out.is_empty()).then_some(out)
+}
+
+/// An entry's path as GNU tar counts its components: the names between
+/// slashes, `.` included, empty ones (leading, doubled or trailing `/`)
+/// not. `None` for a path with `..` (GNU tar does not unpack it) or no
+/// name.
+fn parts(path: &[u8]) -> Option<Vec<String>> {
+    let out: Vec<String> = path
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty())
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    let parent = out.iter().any(|c| c == "..");
+    (!parent && !out.is_empty()).then_some(out)
 }
 
 /// The archive's tar stream, decompressed by its first bytes.
@@ -331,5 +355,35 @@ mod tests {
         let l = listing(&[("top/", ""), ("top/a/b/c.c", "")]);
         assert_eq!(l.strip, 1);
         assert_eq!(l.dirs.iter().collect::<Vec<_>>(), [".", "a", "a/b"]);
+    }
+
+    #[test]
+    fn a_leading_dot_counts_as_a_component_as_gnu_tar_counts_it() {
+        let l = listing(&[
+            ("./", ""),
+            ("./top/", ""),
+            ("./top/sub/Kbuild", "obj-m += x.o\n"),
+        ]);
+        assert_eq!(l.strip, 2);
+        assert_eq!(l.candidates().keys().collect::<Vec<_>>(), ["sub"]);
+        let l = listing(&[
+            ("./", ""),
+            ("./README", ""),
+            ("./sub/Kbuild", "obj-m += x.o\n"),
+        ]);
+        assert_eq!(l.strip, 0);
+        assert_eq!(l.candidates().keys().collect::<Vec<_>>(), ["sub"]);
+        let l = listing(&[("top/./a/Kbuild", "obj-m += x.o\n")]);
+        assert_eq!(l.strip, 1);
+        assert_eq!(l.candidates().keys().collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[test]
+    fn entry_paths_are_split_as_gnu_tar_splits_them() {
+        let p = |s: &str| parts(s.as_bytes());
+        assert_eq!(p("./top//a/").unwrap(), [".", "top", "a"]);
+        assert_eq!(p("/abs/x").unwrap(), ["abs", "x"]);
+        assert_eq!(p("a/../b"), None);
+        assert_eq!(p("/"), None);
     }
 }

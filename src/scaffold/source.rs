@@ -47,8 +47,9 @@ pub struct SourceArgs<'a> {
 pub struct ModuleDir {
     /// Relative to the unpacked source top; `.` for the top itself.
     pub dir: String,
-    /// `tar --strip-components` of the generated step (1 or 0).
-    pub strip: u8,
+    /// `tar --strip-components` of the generated step: 0 unpacks the
+    /// archive as it is.
+    pub strip: usize,
     pub checked: Checked,
 }
 

@@ -1,9 +1,11 @@
 //! Shared by the integration tests: a tree of files in a fresh temporary
 //! directory, and running the real `composer` binary on it; `demo` for the
-//! bundled demo tree, `registry` for a real registry.
+//! bundled demo tree, `registry` for a real registry, `scaffold` for
+//! `composer new`.
 
 pub mod demo;
 pub mod registry;
+pub mod scaffold;
 
 use std::path::Path;
 use std::process::{Command, Output};
