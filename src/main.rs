@@ -8,7 +8,19 @@ use clap::Parser;
 use composer::cli::{Cli, CliError, run};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A wrong command line is a problem in the input (1), not clap's 2,
+    // which here means an internal error; --help and --version exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

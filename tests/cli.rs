@@ -245,6 +245,26 @@ fn image_installer_without_extensions_or_base_fails_clearly() {
 }
 
 #[test]
+fn a_wrong_command_line_is_an_input_error_with_exit_1() {
+    let p = project();
+    for args in [
+        &["build", "--no-such-option", "x"][..],
+        &["sbom", "x", "--list", "-o", "f"][..],
+        &["no-such-command"][..],
+    ] {
+        let out = composer(p.path(), args);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {e}");
+        assert!(e.contains("error:") && e.contains("Usage:"), "{e}");
+        assert!(out.stdout.is_empty());
+    }
+    assert!(!p.path().join("f").exists());
+    // Asking for help is no error.
+    let out = composer(p.path(), &["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
 fn help_shows_examples() {
     let p = project();
     for cmd in ["validate", "graph", "render", "eval", "image-installer"] {
