@@ -401,8 +401,10 @@ fn fetch_names_every_missing_source_and_writes_no_mirror() {
     );
 }
 
-#[test]
-fn a_source_declared_by_two_stages_is_fetched_once_and_shared_file_names_keep_the_first() {
+/// Stages a (source `first`) and b (sources `first` and `second`), the
+/// two sources sharing the file name `v1.0.tar.gz`, each in its own
+/// directory: `(project, first's dir, second's dir, first, second)`.
+fn two_sources_one_file_name() -> (TempDir, TempDir, TempDir, String, String) {
     let one = tempfile::tempdir().unwrap();
     let two = tempfile::tempdir().unwrap();
     fs::write(one.path().join("v1.0.tar.gz"), "first project\n").unwrap();
@@ -426,6 +428,12 @@ fn a_source_declared_by_two_stages_is_fetched_once_and_shared_file_names_keep_th
             ),
         ),
     ]);
+    (p, one, two, first, second)
+}
+
+#[test]
+fn a_source_declared_by_two_stages_is_fetched_once_and_shared_file_names_keep_the_first() {
+    let (p, one, two, first, _) = two_sources_one_file_name();
     let (out, _) = ok(&composer(
         p.path(),
         "fetch",
@@ -467,5 +475,124 @@ fn a_source_declared_by_two_stages_is_fetched_once_and_shared_file_names_keep_th
     assert_eq!(
         fs::read_to_string(p.path().join("_out/b/b/y.tar.gz")).unwrap(),
         "second project\n"
+    );
+}
+
+#[test]
+fn fetch_to_a_mirror_again_reports_every_source_there_already() {
+    let (p, _one, _two, first, second) = two_sources_one_file_name();
+    let fetch = ["--cache-dir", "c", "b", "--to", "mirror"];
+    let (out, e) = ok(&composer(p.path(), "fetch", &fetch));
+    assert!(
+        out.lines().all(|l| l.starts_with("copied ")),
+        "first time, both written: {out}"
+    );
+    assert!(e.contains("2 copied to mirror, 0 there already"), "{e}");
+
+    // The second source is in the mirror by its sha256 only (its file name
+    // is the first's): nothing is written for it either.
+    let (out, e) = ok(&composer(p.path(), "fetch", &fetch));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].starts_with(&format!("cached   {first}  (a, b)"))
+            && lines[0].ends_with("(in the mirror already)"),
+        "{out}"
+    );
+    let (second256, _) = digests(b"second project\n");
+    assert!(
+        lines[1].starts_with(&format!("cached   {second}  (b)"))
+            && lines[1].ends_with(&format!(
+                "as {second256} only: v1.0.tar.gz is {first}  (in the mirror already)"
+            )),
+        "{out}"
+    );
+    assert!(e.contains("0 copied to mirror, 2 there already"), "{e}");
+
+    let json = common::composer(
+        p.path(),
+        &[
+            "--root",
+            "p",
+            "--json",
+            "fetch",
+            "--cache-dir",
+            "c",
+            "b",
+            "--to",
+            "mirror",
+        ],
+    );
+    let (out, _) = ok(&json);
+    let items: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let statuses: Vec<&str> = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["cached", "cached"], "{out}");
+}
+
+#[test]
+fn a_mirror_entry_that_cannot_be_replaced_fails_naming_it_and_leaves_no_temporary_file() {
+    let files = tempfile::tempdir().unwrap();
+    let local = files.path().join("tool-1.0.txt");
+    fs::write(&local, "tool\n").unwrap();
+    let url = format!("file://{}", local.display());
+    let p = project(&[(
+        "a/pkg.yaml",
+        &stage("a", None, &[source(&url, "t.txt", b"tool\n")]),
+    )]);
+    // Where the source's sha256 entry goes, a directory: nothing can be
+    // renamed over it.
+    let (s256, _) = digests(b"tool\n");
+    let mirror = p.path().join("mirror");
+    fs::create_dir_all(mirror.join(&s256).join("in-the-way")).unwrap();
+    let o = composer(
+        p.path(),
+        "fetch",
+        &["--cache-dir", "c", "a", "--to", "mirror"],
+    );
+    let e = failed(&o);
+    assert!(o.stdout.is_empty(), "{}", text(&o.stdout));
+    assert!(e.contains(&format!("source mirror mirror/{s256}: ")), "{e}");
+    let mut left: Vec<String> = fs::read_dir(&mirror)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, [s256], "only what was there before");
+}
+
+#[test]
+fn a_missing_source_stops_a_build_before_its_signing_session_starts() {
+    let files = tempfile::tempdir().unwrap();
+    let driver = files.path().join("driver-1.0.tar.gz");
+    let url = format!("file://{}", driver.display());
+    // A session stage: it builds with the session's certificate.
+    let mods = format!(
+        "name: mods\nvariant: host\nshell: /bin/bash\nsteps:\n  - sources:\n{}    env:\n      SIGNING_CERT: /signing/certs/signing_key.x509\n    install:\n      - install -d /o && cp driver.tar.gz \"$SIGNING_CERT\" /o/\nfinalize:\n  - from: /o\n    to: /\n",
+        source(&url, "driver.tar.gz", b"driver\n")
+    );
+    let p = project(&[("mods/pkg.yaml", &mods)]);
+    let e = failed(&composer(p.path(), "build", &["--cache-dir", "c", "mods"]));
+    assert!(e.contains("no stage was started"), "{e}");
+    assert!(
+        e.contains(&format!("stage mods: cannot fetch {url}: not found")),
+        "{e}"
+    );
+    assert!(!e.contains("signing session"), "no key was made: {e}");
+
+    // With the source at hand, the session starts and the stage builds
+    // with its certificate.
+    fs::write(&driver, "driver\n").unwrap();
+    let (_, e) = ok(&composer(p.path(), "build", &["--cache-dir", "c", "mods"]));
+    assert!(e.contains("signing session "), "{e}");
+    assert!(e.contains("for mods"), "{e}");
+    assert!(
+        fs::read_to_string(p.path().join("_out/mods/signing_key.x509"))
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----"),
     );
 }

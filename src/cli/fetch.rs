@@ -112,10 +112,7 @@ fn print(
         fetched.len() - cached,
     );
     if let (Some(dir), Some(seeded)) = (&args.to, seeded) {
-        let copied = seeded
-            .iter()
-            .filter(|s| **s != Seeded::AlreadyThere)
-            .count();
+        let copied = seeded.iter().filter(|s| s.wrote()).count();
         summary.push_str(&format!(
             "; {copied} copied to {}, {} there already",
             dir.display(),
@@ -128,7 +125,7 @@ fn print(
 /// `copied` when `--to` wrote the source, else how it came into the cache.
 fn status(f: &Fetched, seeded: Option<&Seeded>) -> &'static str {
     match (seeded, &f.origin) {
-        (Some(Seeded::Copied | Seeded::HashOnly { .. }), _) => "copied",
+        (Some(s), _) if s.wrote() => "copied",
         (_, Origin::Fetched(_)) => "fetched",
         (_, Origin::Cached) => "cached",
     }
@@ -143,13 +140,14 @@ fn line(f: &Fetched, seeded: Option<&Seeded>) -> String {
         (Origin::Fetched(from), _) if from != &f.url => out.push_str(&format!("  from {from}")),
         _ => {}
     }
-    match seeded {
-        Some(Seeded::HashOnly { name_taken_by }) => out.push_str(&format!(
+    if let Some(Seeded::HashOnly { name_taken_by, .. }) = seeded {
+        out.push_str(&format!(
             "; as {} only: {} is {name_taken_by}",
             f.sha256, f.file_name
-        )),
-        Some(Seeded::AlreadyThere) => out.push_str("  (in the mirror already)"),
-        _ => {}
+        ));
+    }
+    if seeded.is_some_and(|s| !s.wrote()) {
+        out.push_str("  (in the mirror already)");
     }
     out
 }

@@ -1,17 +1,20 @@
 //! A build: keys for every stage of a plan, the cache decision for each,
-//! the signing-session rule, the parallel scheduler, and the export of the
-//! targets' filesystems.
+//! the signing-session rule, and the export of the targets' filesystems;
+//! `schedule` runs the stages.
 //!
-//! Scheduling: a small dependency queue. A stage starts when all its stage
-//! inputs are done, at most `jobs` at a time, each on its own thread. Only
-//! the calling thread reports progress (through the `on` callback); workers
-//! send their events to it over a channel. After a failure no new stage
-//! starts; the running ones finish and are cached.
+//! The phases, in order: keys (`plan_stages`); the decision (`decide`: the
+//! cache and the session rule say which stages run); the sources of the
+//! stages that run (`prefetch_sources`); image inputs; the signing session
+//! (`start_session_if_needed`); the stages (`schedule`); the gate; the
+//! export.
 //!
-//! Sources first: before the first stage starts, every source of every
-//! stage that will run (cache misses, and the stages a new signing session
-//! rebuilds) is fetched and checked, and the build stops naming every one
-//! that cannot be had. Cached stages need no sources.
+//! Sources first: before the first stage starts, and before a signing key
+//! is made, every source of every stage that will run (cache misses, and
+//! the stages a new signing session rebuilds) is fetched and checked, and
+//! the build stops naming every one that cannot be had. Cached stages need
+//! no sources. Each source is hashed twice in a build that runs its stage:
+//! here, and again when the stage copies it in, because the download cache
+//! re-checks a file before every use (see `sources`).
 //!
 //! Signing sessions: a stage joins the session when its rendered definition
 //! mentions the session directory (`/signing/`: it builds with the
@@ -24,7 +27,6 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use super::cache::{Cache, CacheError, Entry};
@@ -33,9 +35,10 @@ use super::image;
 use super::key::Fingerprint;
 use super::pkgdir::PkgDir;
 use super::prefetch::{self, Fetched, Unavailable};
+use super::schedule;
 use super::shell;
 use super::sources::SourceOptions;
-use super::stage::{self, Context, Event, Job, SessionHooks, StageError};
+use super::stage::{self, Context, SessionHooks, StageError};
 use crate::defs::load::{Definitions, Package};
 use crate::graph::{Graph, Input, Plan};
 
@@ -154,21 +157,35 @@ pub struct Summary {
 }
 
 /// Where an input comes from.
-enum Origin {
+pub(super) enum Origin {
+    /// The output of the plan's stage at this index.
     Stage(usize),
+    /// An image, and its unpacked filesystem once the stage is to run.
     Image(image::Resolved, Option<PathBuf>),
 }
 
-struct Planned<'d> {
-    package: &'d Package,
-    key: String,
-    fingerprint: Fingerprint,
-    pkgdir: PkgDir,
-    deps: Vec<usize>,
-    inputs: Vec<(Input, Origin)>,
-    in_session: bool,
-    hit: Option<Entry>,
-    run: bool,
+/// A stage of the plan: its key, its inputs and what was decided for it.
+pub(super) struct Planned<'d> {
+    pub(super) package: &'d Package,
+    pub(super) key: String,
+    pub(super) fingerprint: Fingerprint,
+    pub(super) pkgdir: PkgDir,
+    /// The plan's stages it is built on (indexes).
+    pub(super) deps: Vec<usize>,
+    pub(super) inputs: Vec<(Input, Origin)>,
+    pub(super) in_session: bool,
+    pub(super) hit: Option<Entry>,
+    /// Whether it runs (a cache miss, or a stage of a new session).
+    pub(super) run: bool,
+}
+
+/// What the cache and the session rule decided, before anything runs.
+struct Decision {
+    /// The signing session's stages, in plan order.
+    session_stages: Vec<usize>,
+    /// Why a new signing session starts (all its stages run); `None` when
+    /// no stage joins one or the cached session is reused.
+    new_session: Option<String>,
 }
 
 /// What the export gate sees: the targets' outputs, still in the cache
@@ -180,8 +197,8 @@ pub struct Built<'a> {
 }
 
 /// Builds `plan`. `start_session` is called at most once, when a stage of
-/// the signing session has to run; `session_hooks` check and sign what a
-/// session stage produces.
+/// the signing session has to run and every source is at hand;
+/// `session_hooks` check and sign what a session stage produces.
 pub fn build(
     defs: &Definitions,
     plan: &Plan,
@@ -217,65 +234,118 @@ pub fn build_gated(
     let cache = Cache::open(&opts.cache_dir, &mut || {
         on(Progress::WaitingForLock(opts.cache_dir.clone()))
     })?;
+    let platform = defs.platform.to_string();
+    let (mut planned, index) = plan_stages(defs, plan, opts, &cache)?;
+    let decision = decide(&mut planned, on);
+    report_plan(&planned, &cache, &platform, &decision, on);
+    let sources = SourceOptions {
+        dir: cache.downloads(),
+        offline: opts.offline,
+        mirrors: opts.mirrors.clone(),
+    };
+    prefetch_sources(&planned, &sources, on)?;
+    unpack_images(&mut planned, &cache)?;
+    let session = start_session_if_needed(&decision, &planned, start_session, on)?;
+
+    let session_cert_pem = session
+        .as_ref()
+        .map(|c| String::from_utf8_lossy(&c.cert_pem).into_owned());
+    let ctx = Context {
+        cache: &cache,
+        sources: &sources,
+        platform: defs.platform,
+        epoch: opts.epoch,
+        logs: opts.output.join("logs"),
+        session_certs: write_session_cert(&cache, session.as_ref())?,
+        session_cert_pem: session_cert_pem.clone(),
+        session_hooks,
+        session_key: session
+            .as_ref()
+            .and_then(|s| s.private_pem.clone())
+            .map(|content| super::sandbox::SecretFile {
+                dst: stage::SESSION_KEY.to_string(),
+                content,
+            }),
+    };
+    let session_id = session.as_ref().map(|s| s.id.clone());
+    let outputs = schedule::run(&planned, &ctx, opts.jobs.max(1), session_id.clone(), on)?;
+
+    // A reused session is the one its first stage's entry names.
+    let reused = decision.session_stages.first().map(|&i| &outputs[i].meta);
+    let mut summary = Summary {
+        session: session_id.or_else(|| reused.and_then(|m| m.session.clone())),
+        session_cert: session_cert_pem.or_else(|| reused.and_then(|m| m.session_cert.clone())),
+        ..Summary::default()
+    };
+    for p in &planned {
+        let name = p.package.pkg.name.value.clone();
+        if p.run {
+            cache.set_last(&platform, &name, &p.fingerprint)?;
+            summary.built.push(name);
+        } else {
+            summary.cached.push(name);
+        }
+    }
+    let cached: Vec<(String, PathBuf)> = plan
+        .targets
+        .iter()
+        .map(|t| (t.clone(), outputs[index[t.as_str()]].out()))
+        .collect();
+    gate(&Built {
+        targets: &cached,
+        session_cert: summary.session_cert.as_deref(),
+    })
+    .map_err(BuildError::Rejected)?;
+    for target in &plan.targets {
+        let path = export(&outputs[index[target.as_str()]], &opts.output, target)?;
+        on(Progress::Exported {
+            target: target.clone(),
+            path: path.clone(),
+        });
+        summary.outputs.push((target.clone(), path));
+    }
+    Ok(summary)
+}
+
+/// Every stage of the plan, dependencies first, with its key, its inputs
+/// and its cache entry; and where each stage name is in it.
+fn plan_stages<'d, 'p>(
+    defs: &'d Definitions,
+    plan: &'p Plan,
+    opts: &Options,
+    cache: &Cache,
+) -> Result<(Vec<Planned<'d>>, HashMap<&'p str, usize>), BuildError> {
     let mut report = crate::diag::Report::default();
     let graph = Graph::new(defs, &mut report);
     let platform = defs.platform.to_string();
-
-    // Keys, dependencies first (the plan's order).
-    let mut planned: Vec<Planned<'_>> = Vec::new();
+    let store = cache.root().join("images");
+    let fetch = image::Fetch {
+        store: &store,
+        offline: opts.offline,
+        insecure: opts.insecure,
+    };
+    let mut planned: Vec<Planned<'d>> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
     for name in &plan.order {
-        let package = graph.get(name).ok_or_else(|| BuildError::Input {
+        let failed = |message: String| BuildError::Input {
             stage: name.clone(),
-            message: "not in the definitions".into(),
-        })?;
+            message,
+        };
+        let package = graph
+            .get(name)
+            .ok_or_else(|| failed("not in the definitions".into()))?;
         let root = &defs.roots[package.root];
         let project = root.dir.parent().unwrap_or(&root.dir);
         let pkgdir = PkgDir::collect(&package.pkg.dir, project, &package.templates)?;
-        let mut fp = Fingerprint::default();
-        fp.add("platform", &platform);
-        fp.add("definition", &package.rendered);
-        fp.add(
-            "variant",
-            format!("{:?}", package.pkg.variant).to_lowercase(),
-        );
-        fp.add("shell", shell::shell_of(&package.pkg, Path::new("/")));
-        fp.add(
-            "sandbox",
-            "bwrap; caps: runtime default; /tmp/build; /pkg ro",
-        );
-        if let Some(e) = opts.epoch {
-            fp.add("SOURCE_DATE_EPOCH", e.to_string());
-        }
-        if package.pkg.variant == crate::defs::schema::Variant::Host {
-            fp.add("base", host_fingerprint());
-        }
-        describe_steps(&mut fp, package);
-        super::sbom::fingerprint(&mut fp, package, opts.epoch).map_err(|e| BuildError::Input {
-            stage: name.clone(),
-            message: e.to_string(),
-        })?;
-        for (n, v) in pkgdir.parts()? {
-            fp.add(n, v);
-        }
+        let mut fp = own_fingerprint(package, &pkgdir, opts, &platform)?;
         let mut deps = Vec::new();
         let mut inputs = Vec::new();
         let mut in_session = package.joins_signing_session();
         for input in graph.inputs(package) {
             let Some(dep) = input.what.strip_prefix("stage:") else {
                 let reference = input.what.trim_start_matches("image:");
-                let fetch = image::Fetch {
-                    store: &cache.root().join("images"),
-                    offline: opts.offline,
-                    insecure: opts.insecure,
-                };
-                let resolved =
-                    image::resolve(reference, &root.dir, &platform, &fetch).map_err(|e| {
-                        BuildError::Input {
-                            stage: name.clone(),
-                            message: e.to_string(),
-                        }
-                    })?;
+                let resolved = image::resolve(reference, &root.dir, &platform, &fetch)
+                    .map_err(|e| failed(e.to_string()))?;
                 fp.add(
                     format!("dependency {reference} ({} → {})", input.from, input.to),
                     &resolved.digest,
@@ -283,10 +353,9 @@ pub fn build_gated(
                 inputs.push((input, Origin::Image(resolved, None)));
                 continue;
             };
-            let &i = index.get(dep).ok_or_else(|| BuildError::Input {
-                stage: name.clone(),
-                message: format!("dependency {dep} is not part of the plan"),
-            })?;
+            let &i = index
+                .get(dep)
+                .ok_or_else(|| failed(format!("dependency {dep} is not part of the plan")))?;
             fp.add(
                 format!("dependency {dep} ({} → {})", input.from, input.to),
                 &planned[i].key,
@@ -312,63 +381,109 @@ pub fn build_gated(
             hit,
         });
     }
+    Ok((planned, index))
+}
 
-    // The session rule.
+/// The parts of a stage's key that are its own, before its inputs'.
+fn own_fingerprint(
+    package: &Package,
+    pkgdir: &PkgDir,
+    opts: &Options,
+    platform: &str,
+) -> Result<Fingerprint, BuildError> {
+    let mut fp = Fingerprint::default();
+    fp.add("platform", platform);
+    fp.add("definition", &package.rendered);
+    fp.add(
+        "variant",
+        format!("{:?}", package.pkg.variant).to_lowercase(),
+    );
+    fp.add("shell", shell::shell_of(&package.pkg, Path::new("/")));
+    fp.add(
+        "sandbox",
+        "bwrap; caps: runtime default; /tmp/build; /pkg ro",
+    );
+    if let Some(e) = opts.epoch {
+        fp.add("SOURCE_DATE_EPOCH", e.to_string());
+    }
+    if package.pkg.variant == crate::defs::schema::Variant::Host {
+        fp.add("base", host_fingerprint());
+    }
+    describe_steps(&mut fp, package);
+    super::sbom::fingerprint(&mut fp, package, opts.epoch).map_err(|e| BuildError::Input {
+        stage: package.pkg.name.value.clone(),
+        message: e.to_string(),
+    })?;
+    for (n, v) in pkgdir.parts()? {
+        fp.add(n, v);
+    }
+    Ok(fp)
+}
+
+/// The session rule: when the session's stages are not all cached from one
+/// same session, a new one is needed and every one of them runs. Nothing
+/// is started here: no key is made before the sources are at hand.
+fn decide(planned: &mut [Planned<'_>], on: &mut dyn FnMut(Progress)) -> Decision {
     let session_stages: Vec<usize> = (0..planned.len())
         .filter(|&i| planned[i].in_session)
         .collect();
-    let mut session: Option<SessionCert> = None;
-    let mut session_reason: Option<String> = None;
-    if !session_stages.is_empty() {
-        let ids: Vec<Option<&str>> = session_stages
-            .iter()
-            .map(|&i| {
-                planned[i]
-                    .hit
-                    .as_ref()
-                    .and_then(|h| h.meta.session.as_deref())
-            })
-            .collect();
-        let reusable = ids.iter().all(|id| id.is_some()) && ids.windows(2).all(|w| w[0] == w[1]);
-        if reusable {
-            if let Some(Some(id)) = ids.first() {
-                on(Progress::SessionReused { id: id.to_string() });
-            }
-        } else {
-            let why: Vec<&str> = session_stages
-                .iter()
-                .filter(|&&i| planned[i].hit.is_none())
-                .map(|&i| planned[i].package.pkg.name.value.as_str())
-                .collect();
-            session_reason = Some(if why.is_empty() {
-                "the session's stages come from different sessions".to_string()
-            } else {
-                format!("new signing session (to rebuild {})", why.join(", "))
-            });
-            let cert = start_session().map_err(BuildError::Session)?;
-            on(Progress::SessionStarted {
-                id: cert.id.clone(),
-                description: cert.description.clone(),
-                stages: session_stages
-                    .iter()
-                    .map(|&i| planned[i].package.pkg.name.value.clone())
-                    .collect(),
-            });
-            for &i in &session_stages {
-                planned[i].run = true;
-            }
-            session = Some(cert);
-        }
+    let mut decision = Decision {
+        session_stages,
+        new_session: None,
+    };
+    if decision.session_stages.is_empty() {
+        return decision;
     }
+    let ids: Vec<Option<&str>> = decision
+        .session_stages
+        .iter()
+        .map(|&i| {
+            planned[i]
+                .hit
+                .as_ref()
+                .and_then(|h| h.meta.session.as_deref())
+        })
+        .collect();
+    let reusable = ids.iter().all(|id| id.is_some()) && ids.windows(2).all(|w| w[0] == w[1]);
+    if reusable {
+        if let Some(Some(id)) = ids.first() {
+            on(Progress::SessionReused { id: id.to_string() });
+        }
+        return decision;
+    }
+    let why: Vec<&str> = decision
+        .session_stages
+        .iter()
+        .filter(|&&i| planned[i].hit.is_none())
+        .map(|&i| planned[i].package.pkg.name.value.as_str())
+        .collect();
+    decision.new_session = Some(if why.is_empty() {
+        "the session's stages come from different sessions".to_string()
+    } else {
+        format!("new signing session (to rebuild {})", why.join(", "))
+    });
+    for &i in &decision.session_stages {
+        planned[i].run = true;
+    }
+    decision
+}
 
-    for p in &planned {
+/// Reports the decision for every stage, with the reasons a stage runs.
+fn report_plan(
+    planned: &[Planned<'_>],
+    cache: &Cache,
+    platform: &str,
+    decision: &Decision,
+    on: &mut dyn FnMut(Progress),
+) {
+    for p in planned {
         let name = p.package.pkg.name.value.clone();
         let mut reasons = Vec::new();
         if p.run {
             if p.hit.is_some() {
-                reasons.extend(session_reason.clone());
+                reasons.extend(decision.new_session.clone());
             } else {
-                match cache.last(&platform, &name) {
+                match cache.last(platform, &name) {
                     None => reasons.push("never built with this cache".to_string()),
                     Some(old) => {
                         let mut r = p.fingerprint.reasons(&old);
@@ -386,18 +501,23 @@ pub fn build_gated(
             reasons,
         });
     }
+}
 
-    // Sources first, all of them, before any stage starts.
-    let sources = SourceOptions {
-        dir: cache.downloads(),
-        offline: opts.offline,
-        mirrors: opts.mirrors.clone(),
-    };
+/// Fetches and checks every source of the stages that run; fails naming
+/// every one that cannot be had.
+fn prefetch_sources(
+    planned: &[Planned<'_>],
+    sources: &SourceOptions,
+    on: &mut dyn FnMut(Progress),
+) -> Result<(), BuildError> {
     let wanted = prefetch::wanted(planned.iter().filter(|p| p.run).map(|p| p.package));
-    prefetch::fetch_all(&wanted, &sources, &mut |f| on(Progress::Source(f.clone())))
+    prefetch::fetch_all(&wanted, sources, &mut |f| on(Progress::Source(f.clone())))
         .map_err(BuildError::Sources)?;
+    Ok(())
+}
 
-    // Image inputs of the stages that run, unpacked once each.
+/// Unpacks the image inputs of the stages that run, once each.
+fn unpack_images(planned: &mut [Planned<'_>], cache: &Cache) -> Result<(), BuildError> {
     for p in planned.iter_mut().filter(|p| p.run) {
         let stage = p.package.pkg.name.value.clone();
         for (_, origin) in p.inputs.iter_mut() {
@@ -412,236 +532,49 @@ pub fn build_gated(
             }
         }
     }
-
-    let certs_dir = match &session {
-        Some(cert) => {
-            let d = cache.work_dir("session")?.join("certs");
-            fs::create_dir_all(&d).map_err(|e| FsError {
-                path: d.clone(),
-                source: e,
-            })?;
-            let f = d.join(stage::SESSION_CERT_NAME);
-            fs::write(&f, &cert.cert_pem).map_err(|e| FsError { path: f, source: e })?;
-            Some(d)
-        }
-        None => None,
-    };
-
-    let logs = opts.output.join("logs");
-    let ctx = Context {
-        cache: &cache,
-        sources: &sources,
-        platform: defs.platform,
-        epoch: opts.epoch,
-        logs,
-        session_certs: certs_dir,
-        session_cert_pem: session
-            .as_ref()
-            .map(|c| String::from_utf8_lossy(&c.cert_pem).into_owned()),
-        session_hooks,
-        session_key: session
-            .as_ref()
-            .and_then(|s| s.private_pem.clone())
-            .map(|content| super::sandbox::SecretFile {
-                dst: stage::SESSION_KEY.to_string(),
-                content,
-            }),
-    };
-    let session_id = session.as_ref().map(|s| s.id.clone());
-    let outputs = schedule(&mut planned, &ctx, opts.jobs.max(1), session_id.clone(), on)?;
-
-    let mut summary = Summary {
-        session: session_id.or_else(|| {
-            session_stages
-                .first()
-                .and_then(|&i| outputs[i].meta.session.clone())
-        }),
-        session_cert: session
-            .as_ref()
-            .map(|c| String::from_utf8_lossy(&c.cert_pem).into_owned())
-            .or_else(|| {
-                session_stages
-                    .first()
-                    .and_then(|&i| outputs[i].meta.session_cert.clone())
-            }),
-        ..Summary::default()
-    };
-    for p in &planned {
-        let name = p.package.pkg.name.value.clone();
-        if p.run {
-            cache.set_last(&platform, &name, &p.fingerprint)?;
-            summary.built.push(name);
-        } else {
-            summary.cached.push(name);
-        }
-    }
-    let cached: Vec<(String, PathBuf)> = plan
-        .targets
-        .iter()
-        .map(|t| (t.clone(), outputs[index[t.as_str()]].out()))
-        .collect();
-    gate(&Built {
-        targets: &cached,
-        session_cert: summary.session_cert.as_deref(),
-    })
-    .map_err(BuildError::Rejected)?;
-    for target in &plan.targets {
-        let i = index[target.as_str()];
-        let path = export(&outputs[i], &opts.output, target)?;
-        on(Progress::Exported {
-            target: target.clone(),
-            path: path.clone(),
-        });
-        summary.outputs.push((target.clone(), path));
-    }
-    Ok(summary)
+    Ok(())
 }
 
-/// Runs the stages that must run, in dependency order, in parallel.
-fn schedule(
-    planned: &mut [Planned<'_>],
-    ctx: &Context<'_>,
-    jobs: usize,
-    session: Option<String>,
+/// Starts the signing session `decide` called for, and reports it.
+fn start_session_if_needed(
+    decision: &Decision,
+    planned: &[Planned<'_>],
+    start_session: &mut dyn FnMut() -> Result<SessionCert, String>,
     on: &mut dyn FnMut(Progress),
-) -> Result<Vec<Entry>, BuildError> {
-    let n = planned.len();
-    let mut done: Vec<Option<Entry>> = planned
-        .iter()
-        .map(|p| if p.run { None } else { p.hit.clone() })
-        .collect();
-    let mut started = vec![false; n];
-    for (i, d) in done.iter().enumerate() {
-        started[i] = d.is_some();
+) -> Result<Option<SessionCert>, BuildError> {
+    if decision.new_session.is_none() {
+        return Ok(None);
     }
-    let mut failures: Vec<(String, StageError)> = Vec::new();
-    let (tx, rx) = mpsc::channel::<(usize, Msg)>();
-    std::thread::scope(|scope| {
-        let mut running = 0usize;
-        loop {
-            if failures.is_empty() {
-                for i in 0..n {
-                    if running >= jobs {
-                        break;
-                    }
-                    if started[i] || !planned[i].deps.iter().all(|&d| done[d].is_some()) {
-                        continue;
-                    }
-                    started[i] = true;
-                    running += 1;
-                    let p = &planned[i];
-                    let job = Job {
-                        package: p.package.clone(),
-                        key: p.key.clone(),
-                        fingerprint: p.fingerprint.clone(),
-                        inputs: p
-                            .inputs
-                            .iter()
-                            .map(|(input, origin)| {
-                                let out = match origin {
-                                    Origin::Stage(d) => {
-                                        done[*d].as_ref().map(Entry::out).unwrap_or_default()
-                                    }
-                                    Origin::Image(_, path) => path.clone().unwrap_or_default(),
-                                };
-                                (input.clone(), out)
-                            })
-                            .collect(),
-                        pkgdir: p.pkgdir.clone(),
-                        session: if p.in_session { session.clone() } else { None },
-                    };
-                    let tx = tx.clone();
-                    let stage_name = p.package.pkg.name.value.clone();
-                    on(Progress::Started(stage_name));
-                    scope.spawn(move || {
-                        let mut emit = |e: Event| {
-                            let _ = tx.send((i, Msg::Event(e)));
-                        };
-                        let r = stage::run(&job, ctx, &mut emit);
-                        let _ = tx.send((i, Msg::Done(Box::new(r))));
-                    });
-                }
-            }
-            if running == 0 {
-                break;
-            }
-            let (i, msg) = match rx.recv_timeout(TICK) {
-                Ok(m) => m,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    on(Progress::Tick);
-                    continue;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            };
-            let stage_name = planned[i].package.pkg.name.value.clone();
-            match msg {
-                Msg::Event(Event::Phase(phase)) => on(Progress::Phase {
-                    stage: stage_name,
-                    phase,
-                }),
-                Msg::Event(Event::Line(line)) => on(Progress::Line {
-                    stage: stage_name,
-                    line,
-                }),
-                Msg::Event(Event::Note(note)) => on(Progress::Note {
-                    stage: stage_name,
-                    note,
-                }),
-                Msg::Done(r) => {
-                    running -= 1;
-                    match *r {
-                        Ok(entry) => {
-                            on(Progress::Finished {
-                                stage: stage_name,
-                                elapsed: Duration::from_millis(entry.meta.duration_ms),
-                            });
-                            done[i] = Some(entry);
-                        }
-                        Err(e) => {
-                            on(Progress::Failed {
-                                stage: stage_name.clone(),
-                            });
-                            failures.push((stage_name, e));
-                        }
-                    }
-                }
-            }
-        }
+    let cert = start_session().map_err(BuildError::Session)?;
+    on(Progress::SessionStarted {
+        id: cert.id.clone(),
+        description: cert.description.clone(),
+        stages: decision
+            .session_stages
+            .iter()
+            .map(|&i| planned[i].package.pkg.name.value.clone())
+            .collect(),
     });
-    if failures.len() > 1 {
-        let total = failures.len();
-        // Report every failure but the last through the progress stream's
-        // owner: the caller prints the returned error; the others are
-        // folded into it.
-        let mut msg = String::new();
-        for (stage, e) in &failures {
-            msg.push_str(&format!("stage {stage}: {e}\n"));
-        }
-        return Err(BuildError::Input {
-            stage: failures[0].0.clone(),
-            message: format!("{total} stages failed:\n{msg}"),
-        });
-    }
-    if let Some((stage, e)) = failures.pop() {
-        return Err(BuildError::Stage {
-            stage,
-            error: Box::new(e),
-        });
-    }
-    done.into_iter()
-        .enumerate()
-        .map(|(i, d)| {
-            d.ok_or_else(|| BuildError::Input {
-                stage: planned[i].package.pkg.name.value.clone(),
-                message: "was not built".into(),
-            })
-        })
-        .collect()
+    Ok(Some(cert))
 }
 
-enum Msg {
-    Event(Event),
-    Done(Box<Result<Entry, StageError>>),
+/// Writes a new session's certificate where its stages find it; returns
+/// that directory.
+fn write_session_cert(
+    cache: &Cache,
+    session: Option<&SessionCert>,
+) -> Result<Option<PathBuf>, BuildError> {
+    let Some(cert) = session else {
+        return Ok(None);
+    };
+    let d = cache.work_dir("session")?.join("certs");
+    fs::create_dir_all(&d).map_err(|e| FsError {
+        path: d.clone(),
+        source: e,
+    })?;
+    let f = d.join(stage::SESSION_CERT_NAME);
+    fs::write(&f, &cert.cert_pem).map_err(|e| FsError { path: f, source: e })?;
+    Ok(Some(d))
 }
 
 /// Adds the steps' scripts, env, sources, network and cachePaths, and the

@@ -3,13 +3,13 @@
 //!
 //! Data flow inside the phase: `pkgdir` (what /pkg holds) and `key` (the
 //! fingerprint of a stage) feed `build` (cache decisions, the signing
-//! session rule, the scheduler), which runs each stage with `stage`: inputs
-//! layered with `overlay` or merged with `fsops`, sources fetched and
-//! verified by `sources` (all of a plan's at once, before any stage runs,
-//! by `prefetch`), script items run by `sandbox` in the shell `shell`
-//! picks, the output committed to `cache`. `sbom` writes the SPDX documents
-//! (`spdx`) of `sbom:` steps into a stage's filesystem and follows them to
-//! the targets.
+//! session rule; the scheduler in `schedule`), which runs each stage with
+//! `stage`: inputs layered with `overlay` or merged with `fsops`, sources
+//! fetched and verified by `sources` (all of a plan's at once, before any
+//! stage runs, by `prefetch`), script items run by `sandbox` in the shell
+//! `shell` picks, the output committed to `cache`. `sbom` writes the SPDX
+//! documents (`spdx`) of `sbom:` steps into a stage's filesystem and
+//! follows them to the targets.
 //!
 //! Imports only from `defs`, `graph` and `diag`; the signing session is
 //! given to it as a certificate and a callback, so it knows nothing of keys.
@@ -24,6 +24,7 @@ pub mod pkgdir;
 pub mod prefetch;
 pub mod sandbox;
 pub mod sbom;
+mod schedule;
 pub mod shell;
 pub mod sources;
 pub mod spdx;

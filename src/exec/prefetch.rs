@@ -9,11 +9,14 @@
 //! - A source that several stages declare (same URL and digests) is
 //!   fetched once and reported once, with all its stages.
 //! - A mirror is written only from verified copies in the download cache,
-//!   each file written aside and renamed into place: `DIR/<sha256>` never
-//!   holds other bytes. `DIR/<file name>` is a hard link to it (a copy
-//!   where links cannot be made); a file name two sources of one plan
-//!   share keeps the first source, and the other is reachable by its
-//!   sha256 alone, which mirrors are asked for first.
+//!   each file written aside (a temporary file of its own, created anew
+//!   and removed when anything fails) and renamed into place:
+//!   `DIR/<sha256>` never holds other bytes. `DIR/<file name>` is a hard
+//!   link to it (a copy where links cannot be made); a file name two
+//!   sources of one plan share keeps the first source, and the other is
+//!   reachable by its sha256 alone, which mirrors are asked for first.
+//! - What a run over an existing mirror reports as copied is what it
+//!   wrote: entries already there with the right content are left alone.
 
 use std::collections::HashMap;
 use std::fs;
@@ -165,9 +168,21 @@ pub enum Seeded {
     Copied,
     /// Both entries were there already with the right content.
     AlreadyThere,
-    /// Written as `DIR/<sha256>` only: the file name is this URL's, an
-    /// earlier source of the plan with the same file name.
-    HashOnly { name_taken_by: String },
+    /// Kept as `DIR/<sha256>` only: the file name is that URL's, an
+    /// earlier source of the plan with the same file name. `fresh` when
+    /// `DIR/<sha256>` was written now, not there already.
+    HashOnly { name_taken_by: String, fresh: bool },
+}
+
+impl Seeded {
+    /// Whether anything was written for the source.
+    pub fn wrote(&self) -> bool {
+        match self {
+            Seeded::Copied => true,
+            Seeded::AlreadyThere => false,
+            Seeded::HashOnly { fresh, .. } => *fresh,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,9 +207,7 @@ pub fn seed_mirror(fetched: &[Fetched], dir: &Path) -> Result<Vec<Seeded>, Mirro
         let by_hash = dir.join(&f.sha256);
         let mut fresh = false;
         if !holds(&by_hash, &f.sha256) {
-            let tmp = dir.join(format!(".{}.{}.tmp", f.sha256, std::process::id()));
-            copy_synced(&f.path, &tmp).map_err(err(&tmp))?;
-            fs::rename(&tmp, &by_hash).map_err(err(&by_hash))?;
+            copy_into_place(&f.path, &by_hash).map_err(err(&by_hash))?;
             fresh = true;
         }
         let name = f.file_name.as_str();
@@ -209,6 +222,7 @@ pub fn seed_mirror(fetched: &[Fetched], dir: &Path) -> Result<Vec<Seeded>, Mirro
         if let Some(first) = names.get(name).filter(|u| **u != f.url) {
             out.push(Seeded::HashOnly {
                 name_taken_by: first.to_string(),
+                fresh,
             });
             continue;
         }
@@ -232,19 +246,36 @@ fn holds(path: &Path, sha256: &str) -> bool {
     path.is_file() && sources::file_digests(path).is_ok_and(|d| d.sha256 == sha256)
 }
 
-fn copy_synced(from: &Path, to: &Path) -> io::Result<()> {
-    fs::copy(from, to)?;
-    fs::File::open(to)?.sync_all()
+/// The directory `to` is put in.
+fn parent(to: &Path) -> &Path {
+    match to.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
 }
 
-/// Puts `from`'s content at `to` in one rename: a hard link made aside,
-/// or a copy where the file system has no links.
+/// Puts a copy of `from` at `to` in one rename, through a new temporary
+/// file beside it (a name of its own, created exclusively: nothing already
+/// there is followed or reused), removed when anything fails.
+fn copy_into_place(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut tmp = tempfile::NamedTempFile::new_in(parent(to))?;
+    io::copy(&mut fs::File::open(from)?, tmp.as_file_mut())?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o644))?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(to).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Puts `from`'s content at `to` in one rename: a hard link made in a new
+/// temporary directory beside it (removed afterwards), or a copy where the
+/// file system has no links.
 fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
-    let name = to.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = to.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    if fs::hard_link(from, &tmp).is_err() {
-        copy_synced(from, &tmp)?;
+    let aside = tempfile::TempDir::new_in(parent(to))?;
+    let link = aside.path().join("link");
+    if fs::hard_link(from, &link).is_ok() {
+        return fs::rename(&link, to);
     }
-    fs::rename(&tmp, to)
+    copy_into_place(from, to)
 }
