@@ -14,7 +14,6 @@ use clap::Args;
 use super::progress::{View, human};
 use super::{CliError, CliResult, Global, RenderOpts, load_checked};
 use crate::exec::{self, SessionCert};
-use crate::graph::Graph;
 use crate::sign::Session;
 use crate::sign::hooks::Hooks;
 use crate::sign::session::KeyType;
@@ -95,11 +94,7 @@ pub fn default_cache_dir() -> PathBuf {
 pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
     let started = Instant::now();
     let defs = load_checked(global, &args.opts)?;
-    let mut report = crate::diag::Report::default();
-    let graph = Graph::new(&defs, &mut report);
-    let plan = graph
-        .resolve(&args.targets)
-        .map_err(|e| CliError::User(e.into()))?;
+    let (_, plan) = super::resolve_targets(&defs, &args.targets)?;
     let epoch = source_date_epoch(&args.opts.build_args)?;
     let opts = exec::Options {
         cache_dir: args.sources.cache_dir(),

@@ -16,7 +16,6 @@ use crate::diag::plural;
 use crate::exec::cache::Cache;
 use crate::exec::prefetch::{self, Fetched, Seeded};
 use crate::exec::sources::{Origin, SourceOptions};
-use crate::graph::Graph;
 
 #[derive(Args, Debug)]
 pub struct FetchArgs {
@@ -35,11 +34,7 @@ pub struct FetchArgs {
 
 pub fn run(global: &Global, args: &FetchArgs) -> CliResult {
     let defs = load_checked(global, &args.opts)?;
-    let mut report = crate::diag::Report::default();
-    let graph = Graph::new(&defs, &mut report);
-    let plan = graph
-        .resolve(&args.targets)
-        .map_err(|e| CliError::User(e.into()))?;
+    let (graph, plan) = super::resolve_targets(&defs, &args.targets)?;
     let packages: Vec<_> = plan.order.iter().filter_map(|n| graph.get(n)).collect();
     let wanted = prefetch::wanted(packages.iter().copied());
 

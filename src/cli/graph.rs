@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 
-use super::{CliError, CliResult, Global, RenderOpts, load_checked};
-use crate::graph::{Graph, render};
+use super::{CliResult, Global, RenderOpts, load_checked};
+use crate::graph::render;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Format {
@@ -29,11 +29,7 @@ pub struct GraphArgs {
 
 pub fn run(global: &Global, args: &GraphArgs) -> CliResult {
     let defs = load_checked(global, &args.opts)?;
-    let mut report = crate::diag::Report::new();
-    let graph = Graph::new(&defs, &mut report);
-    let plan = graph
-        .resolve(&args.targets)
-        .map_err(|e| CliError::User(e.into()))?;
+    let (graph, plan) = super::resolve_targets(&defs, &args.targets)?;
     let format = if global.json {
         Format::Json
     } else {

@@ -227,6 +227,19 @@ pub fn roots(global: &Global) -> Vec<PathBuf> {
     }
 }
 
+/// The graph of loaded definitions and the plan for `targets` in it (its
+/// problems were reported when the definitions loaded).
+pub fn resolve_targets<'d>(
+    defs: &'d Definitions,
+    targets: &[String],
+) -> Result<(crate::graph::Graph<'d>, crate::graph::Plan), CliError> {
+    let graph = crate::graph::Graph::new(defs, &mut crate::diag::Report::new());
+    let plan = graph
+        .resolve(targets)
+        .map_err(|e| CliError::User(e.into()))?;
+    Ok((graph, plan))
+}
+
 /// Loads the roots for one platform; prints the diagnostics to stderr and
 /// fails when there are errors (warnings are printed and let through).
 pub fn load_checked(global: &Global, opts: &RenderOpts) -> Result<Definitions, CliError> {

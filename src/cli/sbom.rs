@@ -43,11 +43,7 @@ pub struct SbomArgs {
 pub fn run(global: &Global, args: &SbomArgs) -> CliResult {
     let defs = load_checked(global, &args.opts)?;
     let epoch = source_date_epoch(&args.opts.build_args)?;
-    let mut report = crate::diag::Report::new();
-    let graph = Graph::new(&defs, &mut report);
-    graph
-        .resolve(std::slice::from_ref(&args.target))
-        .map_err(|e| CliError::User(e.into()))?;
+    let (graph, _) = super::resolve_targets(&defs, std::slice::from_ref(&args.target))?;
     let target = graph
         .get(&args.target)
         .ok_or_else(|| CliError::user(format!("unknown target `{}`", args.target)))?;
