@@ -39,6 +39,7 @@ fn load_corpus(name: &str, platform: Platform) -> (Definitions, Report) {
         roots: vec![corpus(name)],
         platform,
         build_args: makefile_build_args(),
+        kernel_release: None,
     })
 }
 
@@ -117,6 +118,7 @@ fn kernel_build_follows_the_kernel_target_build_arg() {
         roots: vec![corpus("siderolabs-pkgs")],
         platform: Platform::LinuxAmd64,
         build_args: args.clone(),
+        kernel_release: None,
     })
     .0;
     let p = plain.find("kernel-build").unwrap();
@@ -126,6 +128,7 @@ fn kernel_build_follows_the_kernel_target_build_arg() {
         roots: vec![corpus("siderolabs-pkgs")],
         platform: Platform::LinuxArm64,
         build_args: args,
+        kernel_release: None,
     })
     .0;
     let p = with_target.find("kernel-build").unwrap();

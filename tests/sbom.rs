@@ -522,6 +522,7 @@ fn every_sbom_of_the_real_trees_is_a_valid_spdx_document() {
             roots: vec![root],
             platform: Platform::LinuxAmd64,
             build_args: vec![("TEST_STAGE".into(), String::new())],
+            kernel_release: None,
         });
         for stage in &defs.packages {
             for d in composer::exec::sbom::documents(stage, Some(1_700_000_000)).unwrap() {

@@ -59,6 +59,7 @@ fn signing_build(pkg: &str, in_tree: bool) -> (tempfile::TempDir, Session) {
         roots: vec![d.path().join("p")],
         platform: Platform::LinuxAmd64,
         build_args: vec![],
+        kernel_release: None,
     });
     assert!(!report.has_errors());
     let mut r = composer::diag::Report::default();

@@ -93,6 +93,12 @@ pub struct RenderOpts {
     /// A build argument, visible to templates as `.BUILD_ARG_<NAME>`.
     #[arg(long = "build-arg", value_name = "NAME=VALUE", value_parser = parse_build_arg)]
     pub build_args: Vec<(String, String)>,
+    /// The kernel release to build for, as `uname -r` prints it
+    /// (`6.1.0-57-cloud-amd64`): templates see it as `.KERNEL_FULL_VERSION`
+    /// (KMM's name), for modules built against a kernel composer does not
+    /// build.
+    #[arg(long, value_name = "RELEASE", value_parser = parse_kernel_release)]
+    pub kernel_release: Option<String>,
     /// Treat warnings (such as undefined template variables) as errors.
     #[arg(long)]
     pub strict: bool,
@@ -203,6 +209,10 @@ fn parse_platform(s: &str) -> Result<Platform, String> {
     s.parse()
 }
 
+fn parse_kernel_release(s: &str) -> Result<String, String> {
+    crate::defs::vars::check_kernel_release(s).map(|()| s.to_string())
+}
+
 fn parse_build_arg(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -248,6 +258,7 @@ pub fn load_checked(global: &Global, opts: &RenderOpts) -> Result<Definitions, C
         roots: absolute_roots(global)?,
         platform: opts.platform,
         build_args: opts.build_args.clone(),
+        kernel_release: opts.kernel_release.clone(),
     });
     verbose_summary(global, &defs, started);
     let graph = crate::graph::Graph::new(&defs, &mut report);

@@ -22,6 +22,9 @@ pub struct ValidateArgs {
     /// A build argument, visible to templates as `.BUILD_ARG_<NAME>`.
     #[arg(long = "build-arg", value_name = "NAME=VALUE", value_parser = parse_build_arg)]
     pub build_args: Vec<(String, String)>,
+    /// The kernel release templates see as `.KERNEL_FULL_VERSION`.
+    #[arg(long, value_name = "RELEASE", value_parser = super::parse_kernel_release)]
+    pub kernel_release: Option<String>,
     /// Treat warnings (such as undefined template variables) as errors.
     #[arg(long)]
     pub strict: bool,
@@ -61,6 +64,7 @@ pub fn run(global: &Global, args: &ValidateArgs) -> CliResult {
             roots: roots.clone(),
             platform,
             build_args: args.build_args.clone(),
+            kernel_release: args.kernel_release.clone(),
         });
         super::verbose_summary(global, &defs, started);
         let graph = Graph::new(&defs, &mut r);

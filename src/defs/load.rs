@@ -37,6 +37,10 @@ pub struct LoadOptions {
     pub platform: Platform,
     /// `--build-arg NAME=VALUE` pairs.
     pub build_args: Vec<(String, String)>,
+    /// The kernel release the build is for (`--kernel-release`), seen by
+    /// templates as `KERNEL_FULL_VERSION`; checked by the caller
+    /// (`vars::check_kernel_release`).
+    pub kernel_release: Option<String>,
 }
 
 /// One root directory and its Pkgfile scope.
@@ -206,6 +210,12 @@ pub fn load(opts: &LoadOptions) -> (Definitions, Report) {
         packages: Vec::new(),
     };
     let mut base = opts.platform.builtins();
+    if let Some(release) = &opts.kernel_release {
+        base.set(
+            "KERNEL_FULL_VERSION",
+            gotmpl::Value::String(release.as_str().into()),
+        );
+    }
     base.merge(&Vars::from_build_args(&opts.build_args));
     for dir in &opts.roots {
         let index = defs.roots.len();

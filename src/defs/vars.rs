@@ -1,7 +1,9 @@
 //! Template variables: the built-in platform variables, `--build-arg`s,
 //! Pkgfile `vars` and the `vars.yaml` cascade, in bldr's precedence order.
 //!
-//! Precedence (later wins): built-ins for the platform < `BUILD_ARG_<NAME>`
+//! Precedence (later wins): built-ins for the platform (and
+//! `KERNEL_FULL_VERSION`, the kernel release a build is for, when one is
+//! given: KMM's name for `uname -r`) < `BUILD_ARG_<NAME>`
 //! < the root's Pkgfile `vars` < `vars.yaml` files from the root down to the
 //! package directory, each rendered with everything above it.
 //!
@@ -50,6 +52,33 @@ impl Platform {
         set("PATH", "/bin:/usr/bin:/sbin:/usr/sbin".to_string());
         v
     }
+}
+
+/// Checks a kernel release as `uname -r` prints it (`6.1.0-57-cloud-amd64`):
+/// it names directories (`/lib/modules/<release>`) and image tags, so it
+/// must be one path component of letters, digits, `.`, `_`, `+` and `-`,
+/// starting with a digit.
+pub fn check_kernel_release(release: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-');
+    if release.is_empty() {
+        return Err("a kernel release cannot be empty".into());
+    }
+    if !release.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(format!(
+            "kernel release `{release}` must start with a digit, as `uname -r` prints it (6.1.0-57-cloud-amd64)"
+        ));
+    }
+    if let Some(c) = release.chars().find(|&c| !ok_char(c)) {
+        return Err(format!(
+            "kernel release `{release}` holds {c:?}: only letters, digits, `.`, `_`, `+` and `-` are allowed"
+        ));
+    }
+    if release.len() > 128 {
+        return Err(format!(
+            "kernel release `{release}` is longer than an image tag may be (128)"
+        ));
+    }
+    Ok(())
 }
 
 impl fmt::Display for Platform {
@@ -149,5 +178,15 @@ mod tests {
             "aarch64-talos-linux-musl"
         );
         assert!("linux/riscv".parse::<Platform>().is_err());
+    }
+
+    #[test]
+    fn kernel_releases_are_one_safe_path_component() {
+        assert!(check_kernel_release("6.1.0-57-cloud-amd64").is_ok());
+        assert!(check_kernel_release("6.6.54-talos").is_ok());
+        assert!(check_kernel_release("5.14.0-427.el9.x86_64+rt").is_ok());
+        for bad in ["", "../etc", "6.1/x", "latest", "6.1 0", "6.1:0"] {
+            assert!(check_kernel_release(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -16,7 +16,9 @@
 //!   group depends on (`kernel-build`, not `kernel-prepare`).
 //! - Targets that reach no signing stage share one cell per platform
 //!   (`kernel: null`).
-//! - Every requested target is in exactly one cell per platform.
+//! - Every requested target is in exactly one cell per platform (and per
+//!   kernel release, when releases are given: each release is a build of
+//!   its own, `kernel_release` in the cell, `-<release>` in its name).
 //! - Output is deterministic: cells sorted by platform, then kernel
 //!   (kernel-less cell last), targets sorted and deduplicated, JSON keys
 //!   in alphabetical order.
@@ -37,8 +39,11 @@ pub struct Cell {
     /// that reaches unrelated kernels (a target depending on two) names
     /// them all, space-separated.
     pub kernel: Option<String>,
-    /// `<arch>-<kernel>` or `<arch>-no-kernel`: readable, and usable as a
-    /// file or artifact name.
+    /// The kernel release the cell builds for (`composer build
+    /// --kernel-release`), or `None`.
+    pub kernel_release: Option<String>,
+    /// `<arch>-<kernel>` or `<arch>-no-kernel` (then `-<release>` with a
+    /// kernel release): readable, and usable as a file or artifact name.
     pub name: String,
     /// `linux/amd64` or `linux/arm64`.
     pub platform: Platform,
@@ -58,10 +63,11 @@ impl Matrix {
     pub fn extend(&mut self, cells: Vec<Cell>) {
         self.include.extend(cells);
         self.include.sort_by(|a, b| {
-            (a.platform, a.kernel.is_none(), &a.kernel).cmp(&(
+            (a.platform, a.kernel.is_none(), &a.kernel, &a.kernel_release).cmp(&(
                 b.platform,
                 b.kernel.is_none(),
                 &b.kernel,
+                &b.kernel_release,
             ))
         });
     }
@@ -87,6 +93,22 @@ pub fn arch(platform: Platform) -> &'static str {
         Platform::LinuxAmd64 => "amd64",
         Platform::LinuxArm64 => "arm64",
     }
+}
+
+/// `cells` of one kernel release: each cell names it and its name ends in
+/// it.
+pub fn for_release(cells: Vec<Cell>, release: Option<&str>) -> Vec<Cell> {
+    let Some(release) = release else {
+        return cells;
+    };
+    cells
+        .into_iter()
+        .map(|mut c| {
+            c.name = format!("{}-{release}", c.name);
+            c.kernel_release = Some(release.to_string());
+            c
+        })
+        .collect()
 }
 
 /// A group of targets and the signing stages they reach.
@@ -138,6 +160,7 @@ pub fn cells(graph: &Graph<'_>, targets: &[String]) -> Result<Vec<Cell>, GraphEr
             arch,
             name: format!("{arch}-{}", kernels.join("+")),
             kernel: Some(kernel),
+            kernel_release: None,
             platform,
             targets: g.targets.into_iter().collect(),
         });
@@ -146,6 +169,7 @@ pub fn cells(graph: &Graph<'_>, targets: &[String]) -> Result<Vec<Cell>, GraphEr
         cells.push(Cell {
             arch,
             kernel: None,
+            kernel_release: None,
             name: format!("{arch}-no-kernel"),
             platform,
             targets: kernel_less.into_iter().collect(),

@@ -404,6 +404,7 @@ fn stage_conflicts(req: &KmodRequest, names: &[&str], conflicts: &mut Vec<String
             roots: vec![req.pkgs_root.clone(), req.extensions_root.clone()],
             platform,
             build_args: Vec::new(),
+            kernel_release: None,
         });
         for name in names {
             if let Some(p) = defs.find(name)
