@@ -37,9 +37,18 @@ pub struct BuildArgs {
     pub signing_key_type: String,
     /// Sign with this key instead of an ephemeral one: a PEM file with a
     /// PKCS#8 PRIVATE KEY and its CERTIFICATE (like a kernel tree's
-    /// certs/signing_key.pem). The key is then stable, not ephemeral.
+    /// certs/signing_key.pem). The key is then stable, not ephemeral. Also
+    /// the key that signs modules built for a kernel this build does not
+    /// make (a distribution's), which no session signs: the key your nodes
+    /// trust (enrolled with MOK).
     #[arg(long, value_name = "FILE", conflicts_with = "signing_key_type")]
     pub signing_key: Option<PathBuf>,
+    /// Let modules built for a kernel this build does not make leave
+    /// unsigned (they load only where the kernel does not enforce module
+    /// signatures, and taint it). Without it or --signing-key, such a
+    /// build stops before exporting anything.
+    #[arg(long, conflicts_with = "signing_key")]
+    pub unsigned: bool,
     /// Also give the session's private key (with its certificate, PEM) to
     /// the session's stages at /signing/keys/signing_key.pem, on a tmpfs
     /// of each sandbox's own, for kernel trees that sign during
@@ -157,22 +166,42 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
     );
     let image_epoch = epoch.unwrap_or(0).max(0) as u64;
     let mut pending = None;
+    let mut user_key: Option<Session> = None;
+    let choice = super::foreign::Choice {
+        signing_key: args.signing_key.as_deref(),
+        unsigned: args.unsigned,
+    };
     // Images are validated and packed while the outputs are still in the
     // cache: when a rule fails, nothing is exported, written or pushed.
-    let mut gate = |built: &exec::Built<'_>| -> Result<(), String> {
-        let secrets = session
+    // Modules outside a signing session are signed here, in a copy.
+    let mut gate = |built: &exec::Built<'_>| -> Result<exec::Replacements, String> {
+        let staging = args.output.join(".composer").join("signed");
+        let foreign = super::foreign::decide(&choice, built, &staging, &mut user_key)?;
+        let mut secrets = session
             .get()
             .map(Session::secret_patterns_for_audit)
             .unwrap_or_default();
-        pending = Some(super::images::gate(
+        secrets.extend(user_key.iter().flat_map(Session::secret_patterns_for_audit));
+        let gated = super::images::gate(
             &args.images,
             &defs,
             &args.output,
             image_epoch,
             secrets,
             built,
-        )?);
-        Ok(())
+            &foreign,
+        );
+        match gated {
+            Ok(p) => pending = Some(p),
+            Err(e) => {
+                super::foreign::discard(&foreign);
+                return Err(e);
+            }
+        }
+        Ok(foreign
+            .into_iter()
+            .filter_map(|f| f.copy.map(|c| (f.target, c)))
+            .collect())
     };
     let result = exec::build_gated(
         &defs,

@@ -76,6 +76,7 @@ pub fn gate(
     epoch: u64,
     secrets: Vec<zeroize::Zeroizing<Vec<u8>>>,
     built: &crate::exec::Built<'_>,
+    foreign: &[super::foreign::Foreign],
 ) -> Result<Pending, String> {
     if let Some(p) = &args.push {
         parse_registry(p).map_err(|e| format!("--push {p}: {e}"))?;
@@ -90,10 +91,18 @@ pub fn gate(
     };
     let mut packed = Vec::new();
     let mut failures = Vec::new();
-    for (target, tree) in built.targets {
+    for (target, cached) in built.targets {
+        // Modules outside the session: the signed copy and the user's
+        // certificate, or (unsigned, as asked) no signature check.
+        let outside = foreign.iter().find(|f| &f.target == target);
+        let tree = outside.map_or(cached, |f| &f.tree);
         let Some(kind) = kind_for(args, tree) else {
             continue;
         };
+        let mut skip = args.skip_rules.clone();
+        if outside.is_some_and(|f| f.trusted.is_empty()) {
+            skip.push("modules-signed".into());
+        }
         let labels = defs
             .find(target)
             .map(|p| defs.roots[p.root].pkgfile.labels.clone())
@@ -109,14 +118,14 @@ pub fn gate(
             context: Context {
                 kind: Kind::Rootfs,
                 package: None,
-                trusted: trusted.clone(),
+                trusted: outside.map_or_else(|| trusted.clone(), |f| f.trusted.clone()),
                 allow_in_tree_deps: false,
                 secret_patterns: secrets.clone(),
                 talos_version: None,
             },
             selection: Selection {
                 only: Vec::new(),
-                skip: args.skip_rules.clone(),
+                skip,
             },
             version: defs
                 .find(target)

@@ -7,6 +7,7 @@ mod build;
 mod cache;
 mod eval;
 mod fetch;
+mod foreign;
 mod graph;
 mod image_installer;
 mod images;

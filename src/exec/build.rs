@@ -194,7 +194,21 @@ pub struct Built<'a> {
     /// `(target, its output directory in the cache)`, in target order.
     pub targets: &'a [(String, PathBuf)],
     pub session_cert: Option<&'a str>,
+    /// The targets no stage of a signing session went into: their modules
+    /// (if any) are for a kernel this build did not make, and no session
+    /// signed them.
+    pub outside_session: &'a [String],
+    /// `(target, the outputs of every stage it is built on)`, in target
+    /// order: where the gate finds the kernel tree a target's modules were
+    /// built against.
+    pub dependencies: &'a [(String, Vec<PathBuf>)],
 }
+
+/// What the gate hands back: trees to export in place of a target's
+/// cached output (`(target, directory)`; the directory is moved into the
+/// output directory, so it must be the gate's own, on the same file
+/// system as the output).
+pub type Replacements = Vec<(String, PathBuf)>;
 
 /// Builds `plan`. `start_session` is called at most once, when a stage of
 /// the signing session has to run and every source is at hand;
@@ -213,7 +227,7 @@ pub fn build(
         opts,
         start_session,
         session_hooks,
-        &mut |_| Ok(()),
+        &mut |_| Ok(Vec::new()),
         on,
     )
 }
@@ -221,14 +235,16 @@ pub fn build(
 /// [`build`], with a gate between the stages and the export: `gate` sees
 /// the targets' outputs before anything lands in the output directory,
 /// and when it fails nothing is exported (`BuildError::Rejected`). The
-/// outputs phase validates and packs images there.
+/// outputs phase validates and packs images there, and may hand back a
+/// tree to export instead of a target's cached output (modules signed
+/// with the user's key: the cache keeps them unsigned).
 pub fn build_gated(
     defs: &Definitions,
     plan: &Plan,
     opts: &Options,
     start_session: &mut dyn FnMut() -> Result<SessionCert, String>,
     session_hooks: Option<&dyn SessionHooks>,
-    gate: &mut dyn FnMut(&Built<'_>) -> Result<(), String>,
+    gate: &mut dyn FnMut(&Built<'_>) -> Result<Replacements, String>,
     on: &mut dyn FnMut(Progress),
 ) -> Result<Summary, BuildError> {
     let cache = Cache::open(&opts.cache_dir, &mut || {
@@ -291,13 +307,33 @@ pub fn build_gated(
         .iter()
         .map(|t| (t.clone(), outputs[index[t.as_str()]].out()))
         .collect();
-    gate(&Built {
+    let outside_session: Vec<String> = plan
+        .targets
+        .iter()
+        .filter(|t| !planned[index[t.as_str()]].in_session)
+        .cloned()
+        .collect();
+    let dependencies: Vec<(String, Vec<PathBuf>)> = plan
+        .targets
+        .iter()
+        .map(|t| {
+            let below = closure(&planned, index[t.as_str()]);
+            (t.clone(), below.iter().map(|&i| outputs[i].out()).collect())
+        })
+        .collect();
+    let replacements = gate(&Built {
         targets: &cached,
         session_cert: summary.session_cert.as_deref(),
+        outside_session: &outside_session,
+        dependencies: &dependencies,
     })
     .map_err(BuildError::Rejected)?;
     for target in &plan.targets {
-        let path = export(&outputs[index[target.as_str()]], &opts.output, target)?;
+        let replacement = replacements.iter().find(|(t, _)| t == target);
+        let path = match replacement {
+            Some((_, tree)) => export_tree(tree, &opts.output, target)?,
+            None => export(&outputs[index[target.as_str()]], &opts.output, target)?,
+        };
         on(Progress::Exported {
             target: target.clone(),
             path: path.clone(),
@@ -637,6 +673,33 @@ fn host_fingerprint() -> String {
         }
     }
     format!("host packages {}", &hex::encode(h.finalize())[..16])
+}
+
+/// The plan's stages `i` is built on, directly or not (not `i` itself),
+/// in plan order.
+fn closure(planned: &[Planned<'_>], i: usize) -> Vec<usize> {
+    let mut seen = vec![false; planned.len()];
+    let mut todo = planned[i].deps.clone();
+    while let Some(d) = todo.pop() {
+        if !std::mem::replace(&mut seen[d], true) {
+            todo.extend(planned[d].deps.iter().copied());
+        }
+    }
+    (0..planned.len()).filter(|&d| seen[d]).collect()
+}
+
+/// Moves a tree the gate made to `<output>/<target>/`, replacing what was
+/// there (and the mark that lets `export` skip an unchanged entry).
+fn export_tree(tree: &Path, output: &Path, target: &str) -> Result<PathBuf, BuildError> {
+    let dest = output.join(target);
+    let mark = output.join(".composer").join(format!("{target}.digest"));
+    let _ = fs::remove_file(&mark);
+    fsops::remove_tree(&dest)?;
+    fs::rename(tree, &dest).map_err(|source| FsError {
+        path: dest.clone(),
+        source,
+    })?;
+    Ok(dest)
 }
 
 /// Copies a target's output to `<output>/<target>/`, replacing what was

@@ -30,5 +30,7 @@ pub mod sources;
 pub mod spdx;
 pub mod stage;
 
-pub use build::{BuildError, Built, Options, Progress, SessionCert, Summary, build, build_gated};
+pub use build::{
+    BuildError, Built, Options, Progress, Replacements, SessionCert, Summary, build, build_gated,
+};
 pub use stage::SessionHooks;

@@ -6,6 +6,8 @@
 //!   `docker-archive` tarball (the `docker save` format).
 //! - `extension`: Talos system extension images.
 //! - `kmod`: Kernel Module Management kmod images.
+//! - `foreign`: modules no signing session signed (a kernel the build
+//!   did not make), signed with the user's key in a copy, or left unsigned.
 //! - `pack`: a built stage to a validated image (rules first, then blobs).
 //! - `publish`: staging, and writing an image to its destination.
 //!
@@ -14,6 +16,7 @@
 
 pub mod archive;
 pub mod extension;
+pub mod foreign;
 pub mod image;
 pub mod kmod;
 pub mod layer;
