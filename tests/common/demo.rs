@@ -5,7 +5,7 @@
 #![allow(dead_code)] // not every test binary uses every helper
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub const LINUX_SOURCE: &str = "/usr/src/linux-source-6.1.tar.xz";
@@ -109,4 +109,34 @@ pub fn assert_module_variants(console: &str) {
         console.contains("hello_pcie "),
         "listed in /proc/modules:\n{console}"
     );
+}
+
+/// `../shared/sources`: the mirror of upstream archives beside the project.
+pub fn shared_sources() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/sources");
+    assert!(
+        dir.join("hailort-drivers-4.23.0.tar.gz").is_file(),
+        "{} holds no hailort-drivers-4.23.0.tar.gz",
+        dir.display()
+    );
+    dir
+}
+
+/// A mirror directory holding the firmware stand-in under its sha256, and
+/// the build args that make the definitions expect it.
+pub fn firmware_standin(dir: &Path) -> Vec<String> {
+    use sha2::{Digest, Sha256, Sha512};
+    let blob = b"composer test: a generated stand-in for hailo8_fw.4.23.0.bin. Not firmware.\n";
+    let sha256 = hex::encode(Sha256::digest(blob));
+    let sha512 = hex::encode(Sha512::digest(blob));
+    fs::create_dir_all(dir).unwrap();
+    fs::write(dir.join(&sha256), blob).unwrap();
+    vec![
+        "--source-mirror".into(),
+        dir.to_string_lossy().into_owned(),
+        "--build-arg".into(),
+        format!("HAILORT_FIRMWARE_SHA256={sha256}"),
+        "--build-arg".into(),
+        format!("HAILORT_FIRMWARE_SHA512={sha512}"),
+    ]
 }

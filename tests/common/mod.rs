@@ -1,8 +1,9 @@
 //! Shared by the integration tests: a tree of files in a fresh temporary
 //! directory, and running the real `composer` binary on it; `demo` for the
-//! bundled demo tree, `registry` for a real registry, `scaffold` for
-//! `composer new`.
+//! bundled demo tree, `debian` for Debian's kernels, `registry` for a real
+//! registry, `scaffold` for `composer new`.
 
+pub mod debian;
 pub mod demo;
 pub mod registry;
 pub mod scaffold;

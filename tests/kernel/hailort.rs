@@ -10,43 +10,10 @@
 //! The Hailo-8 firmware is a proprietary download that cannot be had here:
 //! this test stands in a generated blob for the firmware only, with its own
 //! checksums (passed as `HAILORT_FIRMWARE_SHA256/512`, see
-//! pkgs/hailort/vars.yaml). The driver itself is the real one.
-
-use std::fs;
-use std::path::{Path, PathBuf};
+//! pkgs/vars.yaml). The driver itself is the real one.
 
 use super::common;
-use super::common::demo::{copy_project, release};
-
-/// `../shared/sources`: the mirror of upstream archives beside the project.
-fn shared_sources() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/sources");
-    assert!(
-        dir.join("hailort-drivers-4.23.0.tar.gz").is_file(),
-        "{} holds no hailort-drivers-4.23.0.tar.gz",
-        dir.display()
-    );
-    dir
-}
-
-/// A mirror directory holding the firmware stand-in under its sha256, and
-/// the build args that make the definitions expect it.
-fn firmware_standin(dir: &Path) -> Vec<String> {
-    use sha2::{Digest, Sha256, Sha512};
-    let blob = b"composer test: a generated stand-in for hailo8_fw.4.23.0.bin. Not firmware.\n";
-    let sha256 = hex::encode(Sha256::digest(blob));
-    let sha512 = hex::encode(Sha512::digest(blob));
-    fs::create_dir_all(dir).unwrap();
-    fs::write(dir.join(&sha256), blob).unwrap();
-    vec![
-        "--source-mirror".into(),
-        dir.to_string_lossy().into_owned(),
-        "--build-arg".into(),
-        format!("HAILORT_FIRMWARE_SHA256={sha256}"),
-        "--build-arg".into(),
-        format!("HAILORT_FIRMWARE_SHA512={sha512}"),
-    ]
-}
+use super::common::demo::{copy_project, firmware_standin, release, shared_sources};
 
 pub fn hailort_chain() {
     let p = copy_project();
