@@ -3,7 +3,12 @@
 #   validate → graph → build the kernel, the fixture module, the real HailoRT
 #   driver, their extensions and the base installer in one signing session →
 #   verify every module against the built kernel → image-installer →
-#   boot-check (QEMU, module.sig_enforce=1: hello_pcie and hailo_pci must load).
+#   boot-check (QEMU, module.sig_enforce=1: hello_pcie and hailo_pci must load);
+#   then the same modules for kernels composer does not build: Debian 12's two
+#   newest cloud kernels (scripts/debian-kernel.sh fetches their packages with
+#   apt), one KMM image per release signed with a demo MOK key, each booted on
+#   Debian's own kernel (scripts/kmod-boot-check.sh: hello_pcie, then
+#   hello_user, which needs it).
 #
 #   scripts/demo.sh target/release/composer
 #
@@ -67,3 +72,31 @@ set -x
   --system-extension-image "oci:${out}/images/hailort:$(tag hailort)" \
   --output "${out}/installer-amd64.tar"
 scripts/boot-check.sh "${out}/installer-amd64.tar" --expect hello_pcie --expect hailo_pci
+set +x
+
+# Modules for kernels composer does not build: Debian's, one KMM image per
+# release. The key stands for the one a user enrolls with MOK (made once,
+# kept in _out/; composer never makes or keeps it).
+mok=${out}/demo-mok.pem
+if [[ ! -s "${mok}" ]]; then
+  openssl req -new -x509 -nodes -days 3650 -newkey ec -pkeyopt ec_paramgen_curve:P-384 \
+    -subj "/CN=composer demo MOK" -keyout "${out}/demo-mok.key" -out "${out}/demo-mok.crt" 2>/dev/null
+  cat "${out}/demo-mok.key" "${out}/demo-mok.crt" >"${mok}"
+  rm -f "${out}/demo-mok.key"
+  echo "demo: made ${mok}, a stand-in for your MOK key (enroll its certificate ${out}/demo-mok.crt with mokutil --import)"
+fi
+mapfile -t releases < <(scripts/debian-kernel.sh releases 2)
+scripts/debian-kernel.sh fetch "${out}/debian" "${releases[@]}"
+kmods=(hello-kmod hailort-kmod)
+set -x
+"${composer}" matrix --kernel-release "$(IFS=,; echo "${releases[*]}")" "${kmods[@]}" "${args[@]}"
+for release in "${releases[@]}"; do
+  mapfile -t debs < "${out}/debian/${release}/build-args"
+  "${composer}" build --kernel-release "${release}" "${debs[@]}" "${args[@]}" "${mirrors[@]}" \
+    --format kmm --signing-key "${mok}" -o "${out}/kmm/${release}" "${kmods[@]}"
+  "${composer}" verify "${out}/kmm/${release}/hello-kmod" "${out}/kmm/${release}/hailort-kmod" --cert "${out}/demo-mok.crt"
+  rm -rf "${out}/kmm/${release}/bundle"
+  umoci unpack --image "${out}/kmm/${release}/images/hello-kmod:${release}" "${out}/kmm/${release}/bundle" >/dev/null
+  scripts/kmod-boot-check.sh --kernel-deb "${out}/debian/${release}/image.deb" \
+    --kmm "${out}/kmm/${release}/bundle/rootfs" --expect-loaded hello_pcie --expect-loaded hello_user
+done
