@@ -8,6 +8,7 @@
 //! - `kmod`: Kernel Module Management kmod images.
 //! - `pack`: a built stage to a validated image (rules first, then blobs).
 //! - `publish`: staging, and writing an image to its destination.
+//! - `tag`: the tag a target's image will carry, told before building.
 //!
 //! Every writer is reproducible: the same input tree and epoch give the
 //! same digests (tested by building twice).
@@ -19,6 +20,7 @@ pub mod kmod;
 pub mod layer;
 pub mod pack;
 pub mod publish;
+pub mod tag;
 
 use std::io;
 use std::path::PathBuf;
