@@ -55,6 +55,8 @@ pub struct BuildArgs {
     #[command(flatten)]
     pub images: super::images::ImageArgs,
     #[command(flatten)]
+    pub existing: super::existing::ExistingArgs,
+    #[command(flatten)]
     pub opts: RenderOpts,
 }
 
@@ -95,6 +97,11 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
     let started = Instant::now();
     let defs = load_checked(global, &args.opts)?;
     let (_, plan) = super::resolve_targets(&defs, &args.targets)?;
+    let skipping =
+        super::existing::skip_existing(&args.existing, &args.images, &args.opts, &defs, plan)?;
+    let Some(plan) = skipping.plan else {
+        return Ok(ExitCode::SUCCESS);
+    };
     let epoch = source_date_epoch(&args.opts.build_args)?;
     let opts = exec::Options {
         cache_dir: args.sources.cache_dir(),
@@ -164,14 +171,16 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
             .get()
             .map(Session::secret_patterns_for_audit)
             .unwrap_or_default();
-        pending = Some(super::images::gate(
+        let mut p = super::images::gate(
             &args.images,
             &defs,
             &args.output,
             image_epoch,
             secrets,
             built,
-        )?);
+        )?;
+        super::existing::before_push(&args.existing, &args.images, &skipping.told, &mut p)?;
+        pending = Some(p);
         Ok(())
     };
     let result = exec::build_gated(
