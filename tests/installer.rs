@@ -411,3 +411,84 @@ fn bad_inputs_fail_clearly_and_write_nothing() {
         assert!(e.contains("no installer image written"), "{e}");
     }
 }
+
+#[test]
+fn an_installer_push_never_replaces_another_image_unless_asked() {
+    let f = Fixture::new();
+    let first = f.extension("first", &[("usr/local/share/a", "a")], ">= v1.9.0");
+    let second = f.extension("second", &[("usr/local/share/b", "b")], ">= v1.9.0");
+    let reg = Registry::start();
+    let target = format!("{}/installer:v1", reg.addr());
+    let push = |ext: &str, output: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--base-installer-image",
+            "oci:base:1",
+            "--system-extension-image",
+            ext,
+            "-o",
+            output,
+            "--push",
+            &target,
+            "--insecure",
+        ];
+        args.extend_from_slice(extra);
+        let o = f.installer(&args);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        (o.status.code(), out, err)
+    };
+    let in_registry = || {
+        let inspect = common::run(
+            Command::new("skopeo")
+                .args(["inspect", "--tls-verify=false"])
+                .arg(format!("docker://{target}")),
+        );
+        let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+        v["Digest"].as_str().unwrap().to_string()
+    };
+    let digest_on = |stdout: &str, what: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("installer\t{what}\t")))
+            .and_then(|l| l.split('\t').nth(3))
+            .unwrap_or_else(|| panic!("no {what} line: {stdout}"))
+            .to_string()
+    };
+
+    let (code, stdout, stderr) = push(&first, "a.tar", &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let a = digest_on(&stdout, "pushed");
+    assert_eq!(in_registry(), a);
+
+    // The same installer again: nothing pushed.
+    let (code, stdout, stderr) = push(&first, "a2.tar", &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(digest_on(&stdout, "present"), a);
+    assert!(!stdout.contains("\tpushed\t"), "{stdout}");
+
+    // Another installer for the same tag: refused, nothing written.
+    let (code, stdout, stderr) = push(&second, "b.tar", &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{target} exists with {a}; this build made sha256:"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("(--overwrite-existing replaces it)"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("\tpushed\t"), "{stdout}");
+    assert!(
+        !f.path().join("b.tar").exists(),
+        "the installer was written"
+    );
+    assert_eq!(in_registry(), a, "the tag was replaced");
+
+    let (code, stdout, stderr) = push(&second, "b.tar", &["--overwrite-existing"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let b = digest_on(&stdout, "pushed");
+    assert_ne!(a, b);
+    assert_eq!(in_registry(), b);
+}

@@ -64,6 +64,8 @@ pub struct BuildArgs {
     #[command(flatten)]
     pub images: super::images::ImageArgs,
     #[command(flatten)]
+    pub existing: super::existing::ExistingArgs,
+    #[command(flatten)]
     pub opts: RenderOpts,
 }
 
@@ -104,6 +106,11 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
     let started = Instant::now();
     let defs = load_checked(global, &args.opts)?;
     let (_, plan) = super::resolve_targets(&defs, &args.targets)?;
+    let skipping =
+        super::existing::skip_existing(&args.existing, &args.images, &args.opts, &defs, plan)?;
+    let Some(plan) = skipping.plan else {
+        return Ok(ExitCode::SUCCESS);
+    };
     let epoch = source_date_epoch(&args.opts.build_args)?;
     let opts = exec::Options {
         cache_dir: args.sources.cache_dir(),
@@ -182,7 +189,7 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
             .map(Session::secret_patterns_for_audit)
             .unwrap_or_default();
         secrets.extend(user_key.iter().flat_map(Session::secret_patterns_for_audit));
-        let gated = super::images::gate(
+        let checked = super::images::gate(
             &args.images,
             &defs,
             &args.output,
@@ -190,8 +197,12 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
             secrets,
             built,
             &foreign,
-        );
-        match gated {
+        )
+        .and_then(|mut p| {
+            super::existing::before_push(&args.existing, &args.images, &skipping.told, &mut p)?;
+            Ok(p)
+        });
+        match checked {
             Ok(p) => pending = Some(p),
             Err(e) => {
                 super::foreign::discard(&foreign);

@@ -46,6 +46,10 @@ pub struct ImageInstallerArgs {
     /// (REGISTRY/REPO:TAG).
     #[arg(long, value_name = "REF")]
     pub push: Option<String>,
+    /// With --push: replace the tag when the registry holds another image
+    /// under it. Without it that push fails before anything is written.
+    #[arg(long, requires = "push")]
+    pub overwrite_existing: bool,
     /// Allow plain HTTP to registries (loopback test registries).
     #[arg(long)]
     pub insecure: bool,
@@ -137,6 +141,21 @@ pub fn run(args: &ImageInstallerArgs) -> CliResult {
     for l in &done.layers {
         println!("{:<name_w$}  {:<ver_w$}  {}", l.name, l.version, l.author);
     }
+    // Checked before anything is written: an existing tag naming another
+    // image is not replaced unless asked.
+    let push = match push {
+        Some((p, reference)) => {
+            let tag = reference.tag.as_deref().unwrap_or("latest");
+            let new = super::existing::before_installer_push(
+                &reference.with_tag(tag),
+                done.manifest.digest(),
+                args.overwrite_existing,
+                args.insecure,
+            )?;
+            Some((p, reference, new))
+        }
+        None => None,
+    };
     let repo_tag = args
         .image_name
         .clone()
@@ -157,7 +176,14 @@ pub fn run(args: &ImageInstallerArgs) -> CliResult {
         repo_tag,
         done.manifest.digest()
     );
-    if let Some((p, reference)) = push {
+    if let Some((p, _, false)) = &push {
+        eprintln!(
+            "image-installer: {p} already there ({})",
+            done.manifest.digest()
+        );
+        println!("installer\tpresent\t{p}\t{}", done.manifest.digest());
+    }
+    if let Some((p, reference, true)) = push {
         let tag = reference.tag.clone().unwrap_or_else(|| "latest".into());
         done.staging
             .layout

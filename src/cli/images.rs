@@ -53,6 +53,9 @@ pub struct ImageArgs {
 /// Validated images waiting for the export.
 pub struct Pending {
     pub packed: Vec<(String, Packed)>,
+    /// Targets whose tag already names their image in the registry
+    /// (`existing::before_push`): not pushed again.
+    pub in_registry: std::collections::BTreeSet<String>,
 }
 
 fn kind_for(args: &ImageArgs, tree: &Path) -> Option<ImageKind> {
@@ -149,7 +152,10 @@ pub fn gate(
             failures.join("\n")
         ));
     }
-    Ok(Pending { packed })
+    Ok(Pending {
+        packed,
+        in_registry: Default::default(),
+    })
 }
 
 /// Writes the validated images and pushes them when asked.
@@ -160,6 +166,7 @@ pub fn publish(
     epoch: u64,
 ) -> Result<(), CliError> {
     let images = output.join("images");
+    let in_registry = pending.in_registry;
     for (target, p) in pending.packed {
         let dest: ImageRef = match args.image_format.as_str() {
             "oci-archive" => ImageRef::OciArchive {
@@ -183,12 +190,13 @@ pub fn publish(
             })?;
         println!("{target}\timage\t{}\t{}", done.destination, done.digest);
         if let Some(prefix) = &args.push {
-            let reference = parse_registry(&format!(
-                "{}/{target}:{}",
-                prefix.trim_end_matches('/'),
-                p.tag
-            ))
-            .map_err(|e| CliError::user(format!("--push: {e}")))?;
+            let reference = super::existing::push_reference(prefix, &target, &p.tag)
+                .map_err(|e| CliError::user(format!("--push: {e}")))?;
+            if in_registry.contains(&target) {
+                eprintln!("{target}: {reference} already there ({})", done.digest);
+                println!("{target}\tpresent\t{reference}\t{}", done.digest);
+                continue;
+            }
             p.staging
                 .layout
                 .set_tag(&p.top, &p.tag)

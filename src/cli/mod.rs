@@ -6,6 +6,7 @@
 mod build;
 mod cache;
 mod eval;
+mod existing;
 mod fetch;
 mod foreign;
 mod graph;
@@ -139,7 +140,7 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Build targets in sandboxes, with a content-addressed cache; each target's filesystem lands in _out/<target>/.
     #[command(
-        after_help = "Examples:\n  composer build kernel hello-module\n  composer build kernel --build-arg LINUX_SOURCE_SHA256=... --build-arg LINUX_SOURCE_SHA512=...\n  composer build -v hello-module            # explain every cache miss\n  composer build --offline --source-mirror /srv/sources hailort-pkg\n  composer build kernel hello-module hello          # + _out/images/hello, the extension image (validated)\n  composer build hello-module --format kmm          # a KMM kmod image in _out/images/hello-module\n  composer build hello --push 127.0.0.1:5000/composer --insecure\n\nLogs: _out/logs/<stage>/<step>-<phase>.log. Needs bubblewrap (apt-get install bubblewrap)."
+        after_help = "Examples:\n  composer build kernel hello-module\n  composer build kernel --build-arg LINUX_SOURCE_SHA256=... --build-arg LINUX_SOURCE_SHA512=...\n  composer build -v hello-module            # explain every cache miss\n  composer build --offline --source-mirror /srv/sources hailort-pkg\n  composer build kernel hello-module hello          # + _out/images/hello, the extension image (validated)\n  composer build hello-module --format kmm          # a KMM kmod image in _out/images/hello-module\n  composer build hello --push 127.0.0.1:5000/composer --insecure\n  composer build my-kmod --format kmm --kernel-release 6.1.0-57-cloud-amd64 \\\n      --push registry.example.com/kmods --skip-existing   # builds only if my-kmod:6.1.0-57-cloud-amd64 is missing\n  composer build hello --push 127.0.0.1:5000/composer --insecure --overwrite-existing\n\nA push never replaces a tag that names another image unless --overwrite-existing:\nevery tag is checked first, and the build fails before anything is written or pushed.\n\nLogs: _out/logs/<stage>/<step>-<phase>.log. Needs bubblewrap (apt-get install bubblewrap)."
     )]
     Build(build::BuildArgs),
     /// Fetch and check every source the targets need (into the download cache; with --to, into a mirror directory too).
@@ -179,7 +180,7 @@ pub enum Command {
     Pack(pack::PackArgs),
     /// Fold system extensions into a base installer image: a new installer image (docker-archive).
     #[command(
-        after_help = "Examples:\n  composer image-installer --base-installer-image oci:_out/images/installer-base:6.1 \\\n      --system-extension-image oci:_out/images/hello:1.0.0\n  composer image-installer --arch amd64 --base-installer-image 127.0.0.1:5000/installer-base:6.1 \\\n      --system-extension-image 127.0.0.1:5000/hello:1.0.0 --insecure -o installer.tar\n  composer image-installer ... --talos-version v1.9.0 --push 127.0.0.1:5000/installer:v1 --insecure\n\nWrites _out/installer-<arch>.tar (podman load -i / docker load -i). Each extension is validated\n(module signatures against the base kernel's certificates); nothing is written when one fails.\nNeeds squashfs-tools and kmod (depmod). SOURCE_DATE_EPOCH sets every timestamp."
+        after_help = "Examples:\n  composer image-installer --base-installer-image oci:_out/images/installer-base:6.1 \\\n      --system-extension-image oci:_out/images/hello:1.0.0\n  composer image-installer --arch amd64 --base-installer-image 127.0.0.1:5000/installer-base:6.1 \\\n      --system-extension-image 127.0.0.1:5000/hello:1.0.0 --insecure -o installer.tar\n  composer image-installer ... --talos-version v1.9.0 --push 127.0.0.1:5000/installer:v1 --insecure\n  composer image-installer ... --push 127.0.0.1:5000/installer:v1 --insecure --overwrite-existing\n\nWrites _out/installer-<arch>.tar (podman load -i / docker load -i). Each extension is validated\n(module signatures against the base kernel's certificates); nothing is written when one fails.\nNeeds squashfs-tools and kmod (depmod). SOURCE_DATE_EPOCH sets every timestamp."
     )]
     ImageInstaller(image_installer::ImageInstallerArgs),
 }

@@ -10,6 +10,7 @@
 //!   did not make), signed with the user's key in a copy, or left unsigned.
 //! - `pack`: a built stage to a validated image (rules first, then blobs).
 //! - `publish`: staging, and writing an image to its destination.
+//! - `tag`: the tag a target's image will carry, told before building.
 //!
 //! Every writer is reproducible: the same input tree and epoch give the
 //! same digests (tested by building twice).
@@ -22,6 +23,7 @@ pub mod kmod;
 pub mod layer;
 pub mod pack;
 pub mod publish;
+pub mod tag;
 
 use std::io;
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
 //! An OCI distribution client: [`push`] an image (a manifest, or an index
-//! with its child manifests) from an OCI layout to a registry, and [`pull`]
-//! one from a registry into a layout.
+//! with its child manifests) from an OCI layout to a registry, [`pull`]
+//! one from a registry into a layout, and ask which manifest a tag names
+//! ([`manifest_digest`]).
 //!
 //! | file        | owns                                                          |
 //! |-------------|---------------------------------------------------------------|
@@ -9,6 +10,7 @@
 //! | `auth.rs`   | credentials: options, then credential files                   |
 //! | `push.rs`   | blob upload (HEAD, chunked PATCH with resume, PUT), manifests |
 //! | `pull.rs`   | manifest selection and verification, verified blob download   |
+//! | `head.rs`   | whether a tag exists, and the digest of what it names         |
 //!
 //! Invariants:
 //! - Manifests and indexes travel as their exact bytes: pushed as read from
@@ -30,6 +32,7 @@
 
 mod auth;
 mod client;
+mod head;
 mod pull;
 mod push;
 
@@ -42,6 +45,7 @@ use oci_spec::image::{Digest, MediaType};
 use super::layout::LayoutError;
 use super::reference::RegistryRef;
 
+pub use head::manifest_digest;
 pub use pull::pull;
 pub use push::push;
 

@@ -35,7 +35,7 @@ use crate::oci::reference::RegistryRef;
 /// Manifests larger than this are refused (registries cap them at 4 MiB).
 const MANIFEST_LIMIT: u64 = 16 << 20;
 
-const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+pub(super) const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.list.v2+json, \
     application/vnd.docker.distribution.manifest.v2+json";
