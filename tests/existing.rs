@@ -4,8 +4,7 @@
 //! are there; a push never replaces a tag naming another image unless
 //! `--overwrite-existing`. The kmod images hold small relocatable objects
 //! with a `.modinfo` section compiled by the host's cc in a `variant:
-//! host` stage (no kernel is built); they are unsigned, so
-//! `modules-signed` is skipped.
+//! host` stage (no kernel is built); they leave unsigned (`--unsigned`).
 
 mod common;
 
@@ -58,16 +57,15 @@ fn build(dir: &Path, cache: &str, out: &str, args: &[&str]) -> Output {
     common::composer(dir, &all)
 }
 
-/// `build --format kmm --kernel-release RELEASE --skip-rule modules-signed
-/// --push PREFIX --insecure ARGS...`.
+/// `build --format kmm --kernel-release RELEASE --unsigned --push PREFIX
+/// --insecure ARGS...`.
 fn kmm(dir: &Path, cache: &str, out: &str, prefix: &str, args: &[&str]) -> Output {
     let mut all = vec![
         "--format",
         "kmm",
         "--kernel-release",
         RELEASE,
-        "--skip-rule",
-        "modules-signed",
+        "--unsigned",
         "--push",
         prefix,
         "--insecure",

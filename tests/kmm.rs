@@ -9,6 +9,8 @@
 //!   the user's key, pushed as `REG/kmods/<name>:<release>`;
 //! - without `--signing-key` or `--unsigned` the build stops and exports
 //!   nothing;
+//! - a second run with `--skip-existing` finds every image in the registry
+//!   and compiles nothing;
 //! - a module of one release is refused in the other's directory;
 //! - (in `kmm/boot.rs`) Debian's own kernel boots under QEMU and loads each
 //!   release's image in dependency order, and refuses it under
@@ -60,11 +62,15 @@ fn said(o: &Output) -> String {
 /// The build of one release's KMM images, as the release workflow's cell
 /// runs it: `extra` adds the signing choice, `--push` and so on.
 fn build_release(project: &Path, release: &str, extra: &[&str]) -> Output {
+    build_release_in(project, "cache", release, extra)
+}
+
+fn build_release_in(project: &Path, cache: &str, release: &str, extra: &[&str]) -> Output {
     let out = format!("_out/{release}");
     let mut args: Vec<String> = [
         "build",
         "--cache-dir",
-        "cache",
+        cache,
         "-o",
         &out,
         "--kernel-release",
@@ -218,6 +224,33 @@ fn modules_for_debian_kernels_build_per_release_push_and_load_in_order() {
     expected.sort();
     assert_eq!(tags(&registry, "kmods/hello-kmod"), expected);
     assert_eq!(tags(&registry, "kmods/hailort-kmod"), expected);
+
+    // A second run, as on a fresh CI runner: every image is in the
+    // registry, so nothing is fetched, compiled or written.
+    for release in releases {
+        let o = build_release_in(
+            p.path(),
+            "fresh-cache",
+            release,
+            &[
+                "--signing-key",
+                pem.to_str().unwrap(),
+                "--push",
+                &prefix,
+                "--insecure",
+                "--skip-existing",
+            ],
+        );
+        let text = said(&o);
+        assert!(o.status.success(), "{release}: {text}");
+        for target in ["hello-kmod", "hailort-kmod"] {
+            let line = format!("skipped {target}: {prefix}/{target}:{release} exists (sha256:");
+            assert!(text.contains(&line), "{line}\n{text}");
+        }
+        assert!(text.contains("built 0 stage(s)"), "{text}");
+        assert!(!text.contains("started"), "a stage ran: {text}");
+    }
+    assert!(!p.path().join("fresh-cache").exists(), "nothing cached");
 
     // A module built for one release is refused in the other's directory.
     let (newer, older) = (&releases[0], &releases[1]);
