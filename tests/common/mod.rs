@@ -1,8 +1,10 @@
 //! Shared by the integration tests: a tree of files in a fresh temporary
 //! directory, and running the real `composer` binary on it; `demo` for the
 //! bundled demo tree, `registry` for a real registry, `scaffold` for
-//! `composer new`.
+//! `composer new`, `debian` for Debian's kernel headers and modules built
+//! against them.
 
+pub mod debian;
 pub mod demo;
 pub mod registry;
 pub mod scaffold;
