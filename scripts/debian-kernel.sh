@@ -71,6 +71,8 @@ fetch_one() {
         rmdir "$tmp"
         echo "debian-kernel: $release: ${pkgs[$name]} -> $out/$name.deb" >&2
     done
+    # A temporary file of its own: several fetches may run at once.
+    tmp=$(mktemp "$out/.build-args.XXXXXX")
     {
         echo "--build-arg=DEBIAN_DEBS=$out"
         for name in headers common kbuild; do
@@ -78,8 +80,9 @@ fetch_one() {
             echo "--build-arg=DEBIAN_${upper}_SHA256=$(sha256sum "$out/$name.deb" | cut -d' ' -f1)"
             echo "--build-arg=DEBIAN_${upper}_SHA512=$(sha512sum "$out/$name.deb" | cut -d' ' -f1)"
         done
-    } > "$out/build-args.tmp"
-    mv "$out/build-args.tmp" "$out/build-args"
+    } > "$tmp"
+    chmod 644 "$tmp"
+    mv "$tmp" "$out/build-args"
 }
 
 case "${1:-}" in

@@ -125,6 +125,7 @@ pub fn gate(
                 allow_in_tree_deps: false,
                 secret_patterns: secrets.clone(),
                 talos_version: None,
+                kernel_trees: Default::default(),
             },
             selection: Selection {
                 only: Vec::new(),

@@ -155,7 +155,7 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Check a root filesystem, extension image or kmod image against the validation rules.
     #[command(
-        after_help = "Examples:\n  composer validate-rootfs _out/hello-ext --cert _out/kernel/boot/signing_key.x509 --package hello\n  composer validate-rootfs _out/kernel --kind rootfs --rules fhs,no-secrets\n  composer validate-rootfs _out/hello-kmod --kind kmod --kernel _out/kernel/boot/vmlinuz\n  composer validate-rootfs ext/ --skip modules-depends --talos-version v1.9.0 --strict\n  composer validate-rootfs ext/ --json | jq '.findings[] | select(.rule == \"fhs\")'\n\nExit 1 on any error finding (with --strict, on any warning too). Rules: composer rules."
+        after_help = "Examples:\n  composer validate-rootfs _out/hello-ext --cert _out/kernel/boot/signing_key.x509 --package hello\n  composer validate-rootfs _out/kernel --kind rootfs --rules fhs,no-secrets\n  composer validate-rootfs _out/hello-kmod --kind kmod --kernel _out/kernel/boot/vmlinuz\n  composer validate-rootfs _out/hello-kmod --kind kmod --kernel-tree /usr/src/linux-headers-6.1.0-57-cloud-amd64\n  composer validate-rootfs ext/ --skip modules-depends --talos-version v1.9.0 --strict\n  composer validate-rootfs ext/ --json | jq '.findings[] | select(.rule == \"fhs\")'\n\nExit 1 on any error finding (with --strict, on any warning too). Rules: composer rules."
     )]
     ValidateRootfs(validate_rootfs::ValidateRootfsArgs),
     /// List the validation rules: name, severity, kinds of tree, what each checks.

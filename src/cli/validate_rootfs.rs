@@ -4,7 +4,7 @@
 //! error finding (with `--strict`, on a warning too).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{CliError, CliResult, Global};
 use crate::sign::verify::Trusted;
-use crate::validate::{self, Context, Finding, Kind, Selection, Severity};
+use crate::validate::{self, Context, Finding, KernelTree, Kind, Selection, Severity};
 
 #[derive(Args, Debug)]
 pub struct ValidateRootfsArgs {
@@ -44,6 +44,13 @@ pub struct ValidateRootfsArgs {
     /// Talos version.
     #[arg(long = "talos-version", value_name = "V")]
     pub talos_version: Option<String>,
+    /// Check modules against this kernel build tree (a built kernel tree,
+    /// or Debian's /usr/src/linux-headers-<release>; or a directory holding
+    /// such trees, searched 4 levels deep): the modules of its release must
+    /// carry its exact vermagic and use only symbols its Module.symvers or
+    /// a module of the tree exports. Repeatable, one per release.
+    #[arg(long = "kernel-tree", value_name = "DIR")]
+    pub kernel_trees: Vec<PathBuf>,
     /// Module dependencies on modules the tree does not ship are fine (the
     /// node's own modules). Implied for a kmod image with a `host` symlink.
     #[arg(long)]
@@ -51,6 +58,14 @@ pub struct ValidateRootfsArgs {
     /// Fail on warnings too.
     #[arg(long)]
     pub strict: bool,
+}
+
+/// Whether two paths name the same directory (a tree given twice is fine).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 fn parse_kind(s: &str) -> Result<Kind, String> {
@@ -77,7 +92,7 @@ pub fn run(global: &Global, args: &ValidateRootfsArgs) -> CliResult {
     if let Some(k) = &args.kernel {
         trusted.extend(Trusted::read_kernel(k).map_err(CliError::user)?);
     }
-    let ctx = Context {
+    let mut ctx = Context {
         kind,
         package: args.package.clone(),
         trusted,
@@ -85,7 +100,23 @@ pub fn run(global: &Global, args: &ValidateRootfsArgs) -> CliResult {
             || (kind == Kind::KmodImage && validate::modules::kmm_host_link(&args.path)),
         secret_patterns: Vec::new(),
         talos_version: args.talos_version.clone(),
+        kernel_trees: Default::default(),
     };
+    for dir in &args.kernel_trees {
+        for tree in KernelTree::read_all(dir).map_err(CliError::user)? {
+            let path = tree.dir.clone();
+            if let Some(before) = ctx.add_kernel_tree(tree)
+                && !same_dir(&before.dir, &path)
+            {
+                return Err(CliError::user(format!(
+                    "--kernel-tree: {} and {} are both for kernel {}: give one",
+                    before.dir.display(),
+                    path.display(),
+                    before.release
+                )));
+            }
+        }
+    }
     let sel = Selection {
         only: args.rules.clone(),
         skip: args.skip.clone(),

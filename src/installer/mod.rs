@@ -220,6 +220,7 @@ pub fn assemble(
         allow_in_tree_deps: true,
         secret_patterns: Vec::new(),
         talos_version: req.talos_version.clone(),
+        kernel_trees: Default::default(),
     };
     for e in &exts {
         let report =

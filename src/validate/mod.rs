@@ -19,6 +19,10 @@
 //! | `modules-depends`    | every kind            | `modules.rs`    |
 //! | `no-secrets`         | every kind            | `secrets.rs`    |
 //!
+//! The module rules check against a kernel's build tree when the context
+//! knows one for the release (`kernel_tree.rs` reads it, `symbols.rs`
+//! reads a module's symbols as the module loader resolves them).
+//!
 //! Where paths point: for an extension image the root holds
 //! `manifest.yaml` and `rootfs/`; findings inside `rootfs/` are shown
 //! relative to it (`/usr/lib/...`, as Talos shows them, since that is where
@@ -33,14 +37,18 @@
 
 pub mod extension;
 pub mod fhs;
+pub mod kernel_tree;
 pub mod modules;
 pub mod paths;
 pub mod secrets;
+pub mod symbols;
 pub mod version;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -48,6 +56,7 @@ use zeroize::Zeroizing;
 pub use crate::diag::Severity;
 use crate::diag::plural;
 use crate::sign::verify::Trusted;
+pub use kernel_tree::{KernelTree, KernelTreeError, find_kernel_trees};
 
 /// What kind of tree is validated.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
@@ -122,6 +131,11 @@ pub struct Context {
     /// When set, `extension-manifest` also checks that
     /// `compatibility.talos.version` admits this Talos version.
     pub talos_version: Option<String>,
+    /// The build trees of the kernels the modules are for, by release:
+    /// `modules-vermagic` and `modules-depends` check the modules of a
+    /// release directory against its tree (exact vermagic, every symbol
+    /// exported). Add with [`Context::add_kernel_tree`].
+    pub kernel_trees: BTreeMap<String, Arc<KernelTree>>,
 }
 
 impl Context {
@@ -130,6 +144,18 @@ impl Context {
             kind,
             ..Context::default()
         }
+    }
+
+    /// Knows `tree` from now on; returns the tree it replaces, one for the
+    /// same release.
+    pub fn add_kernel_tree(&mut self, tree: KernelTree) -> Option<Arc<KernelTree>> {
+        self.kernel_trees
+            .insert(tree.release.clone(), Arc::new(tree))
+    }
+
+    /// The build tree of kernel `release`, if known.
+    pub fn kernel_tree(&self, release: &str) -> Option<&KernelTree> {
+        self.kernel_trees.get(release).map(|t| t.as_ref())
     }
 }
 
@@ -143,6 +169,14 @@ impl fmt::Debug for Context {
             // Never the bytes themselves.
             .field("secret_patterns", &self.secret_patterns.len())
             .field("talos_version", &self.talos_version)
+            .field(
+                "kernel_trees",
+                &self
+                    .kernel_trees
+                    .values()
+                    .map(|t| &t.dir)
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }

@@ -16,24 +16,37 @@
 //!   release directories is a finding naming both), every module lies in a
 //!   release directory, and its `.modinfo` `vermagic=` starts with that
 //!   directory's name followed by a space or the end (so `6.1` does not
-//!   match `6.1.0 SMP ...`).
+//!   match `6.1.0 SMP ...`). When the context knows the kernel build tree
+//!   of a release directory ([`Context::kernel_tree`]), its modules'
+//!   vermagic must be exactly that kernel's ([`KernelTree::vermagic`]); a
+//!   finding names both strings. With trees known but none for a release
+//!   directory, one warning says its modules were checked by name only.
 //! - `modules-depends`: every `depends=` name is provided by a module in
 //!   the same release directory (by its `name=`, else its file name; `-`
 //!   and `_` are the same, as for the kernel), or listed in that
 //!   directory's `modules.builtin` when the file exists. With
 //!   `allow_in_tree_deps` (a KMM image's `host` symlink to the node's
 //!   modules, or an extension whose modules use the base kernel's) names
-//!   nobody here provides are not findings.
+//!   nobody here provides are not findings. With the kernel build tree of
+//!   the release known, the kernel's own modules (those `Module.symvers`
+//!   names) provide names too, and each module's symbols are checked as
+//!   the module loader resolves them (`symbols.rs`): one finding per
+//!   symbol that neither the kernel nor a module of the release directory
+//!   exports, per GPL-only symbol a non-GPL module uses, per namespace not
+//!   imported. `allow_in_tree_deps` does not excuse a missing symbol:
+//!   `Module.symvers` already lists what the kernel's modules export.
 //!
 //! Invariant: the `host` symlink of a KMM image, like every symlink, is
 //! never followed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use object::{Object, ObjectSection};
 
+use super::kernel_tree::KernelTree;
+use super::symbols::{ModuleSymbols, module_symbols, unresolved};
 use super::{Context, Kind, Rule, Severity, Sink, Tree, components, walk};
 use crate::sign::kmod::{self, SigError};
 use crate::sign::tree::verify_paths;
@@ -241,16 +254,24 @@ fn check_well_formed(tree: &Tree<'_>, out: &mut Sink) {
     }
 }
 
-/// One module in a release directory, with its `.modinfo`.
+/// One module in a release directory, with its `.modinfo`, and its
+/// symbols when they were asked for.
 struct Loaded {
     path: PathBuf,
     release: String,
     info: Result<Vec<(String, String)>, String>,
+    symbols: Option<Result<ModuleSymbols, String>>,
 }
 
 /// Loads every module under the modules directory; modules outside a
-/// release directory are reported by `modules-vermagic` only.
-fn load(tree: &Tree<'_>, out: &mut Sink, report_strays: bool) -> Vec<Loaded> {
+/// release directory are reported by `modules-vermagic` only. Symbols are
+/// read for the modules of the releases `symbols_for` says.
+fn load(
+    tree: &Tree<'_>,
+    out: &mut Sink,
+    report_strays: bool,
+    symbols_for: &dyn Fn(&str) -> bool,
+) -> Vec<Loaded> {
     let dir = tree.modules_dir();
     if !dir.symlink_metadata().is_ok_and(|m| m.is_dir()) {
         return Vec::new();
@@ -270,11 +291,23 @@ fn load(tree: &Tree<'_>, out: &mut Sink, report_strays: bool) -> Vec<Loaded> {
             }
             continue;
         }
-        let info = read_module(&path).and_then(|b| modinfo(&b));
+        let bytes = read_module(&path);
+        let info = bytes
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|b| modinfo(b));
+        let symbols = symbols_for(&parts[0]).then(|| {
+            let name = path
+                .file_name()
+                .and_then(|n| module_name(&n.to_string_lossy()))
+                .unwrap_or_default();
+            bytes.and_then(|b| module_symbols(&b, &name))
+        });
         loaded.push(Loaded {
             path,
             release: parts[0].clone(),
             info,
+            symbols,
         });
     }
     loaded
@@ -303,8 +336,8 @@ impl Rule for Vermagic {
         &Kind::ALL
     }
 
-    fn check(&self, tree: &Tree<'_>, _ctx: &Context, out: &mut Sink) {
-        let loaded = load(tree, out, true);
+    fn check(&self, tree: &Tree<'_>, ctx: &Context, out: &mut Sink) {
+        let loaded = load(tree, out, true, &|_| false);
         if loaded.is_empty() {
             return;
         }
@@ -320,25 +353,61 @@ impl Rule for Vermagic {
                 ),
             );
         }
+        warn_unknown_kernels(tree, ctx, &loaded, out);
         for m in loaded {
             let shown = tree.display(&m.path);
-            match &m.info {
-                Err(e) => out.push(shown, e.clone()),
-                Ok(info) => match value(info, "vermagic") {
-                    None => out.push(
-                        shown,
-                        "no `vermagic=` in .modinfo: the kernel refuses the module",
+            let info = match &m.info {
+                Err(e) => {
+                    out.push(shown, e.clone());
+                    continue;
+                }
+                Ok(info) => info,
+            };
+            match (value(info, "vermagic"), ctx.kernel_tree(&m.release)) {
+                (None, _) => out.push(
+                    shown,
+                    "no `vermagic=` in .modinfo: the kernel refuses the module",
+                ),
+                (Some(v), Some(kernel)) if !kernel.accepts_vermagic(v) => out.push(
+                    shown,
+                    format!(
+                        "vermagic {:?} is not that of kernel {}, {:?} (from {})",
+                        v.trim_end(),
+                        kernel.release,
+                        kernel.vermagic.trim_end(),
+                        kernel.dir.display()
                     ),
-                    Some(v) if !vermagic_matches(v, &m.release) => out.push(
-                        shown,
-                        format!(
-                            "vermagic {v:?} is not for kernel {}, the release directory it lies in",
-                            m.release
-                        ),
+                ),
+                (Some(v), None) if !vermagic_matches(v, &m.release) => out.push(
+                    shown,
+                    format!(
+                        "vermagic {v:?} is not for kernel {}, the release directory it lies in",
+                        m.release
                     ),
-                    Some(_) => {}
-                },
+                ),
+                _ => {}
             }
+        }
+    }
+}
+
+/// With kernel build trees known, one warning per release directory none
+/// of them is for: its modules are checked by name only.
+fn warn_unknown_kernels(tree: &Tree<'_>, ctx: &Context, loaded: &[Loaded], out: &mut Sink) {
+    if ctx.kernel_trees.is_empty() {
+        return;
+    }
+    let releases: BTreeSet<&str> = loaded.iter().map(|m| m.release.as_str()).collect();
+    let known: Vec<&str> = ctx.kernel_trees.keys().map(String::as_str).collect();
+    for release in releases {
+        if ctx.kernel_tree(release).is_none() {
+            out.warn(
+                tree.display(&tree.modules_dir().join(release)),
+                format!(
+                    "no kernel build tree for release {release} (known: {}): its modules' vermagic and symbols were not checked against the kernel",
+                    known.join(", ")
+                ),
+            );
         }
     }
 }
@@ -351,7 +420,7 @@ impl Rule for Depends {
     }
 
     fn description(&self) -> &'static str {
-        "every module dependency is provided by a module of the same release or by modules.builtin"
+        "every module dependency is provided by a module of the same release or by modules.builtin; with the kernel's build tree, every symbol a module uses is exported by the kernel or a module of the release"
     }
 
     fn severity(&self) -> Severity {
@@ -363,64 +432,125 @@ impl Rule for Depends {
     }
 
     fn check(&self, tree: &Tree<'_>, ctx: &Context, out: &mut Sink) {
-        let loaded = load(tree, out, false);
-        let dir = tree.modules_dir();
+        let loaded = load(tree, out, false, &|r| ctx.kernel_tree(r).is_some());
         let releases: BTreeSet<&str> = loaded.iter().map(|m| m.release.as_str()).collect();
         for release in releases {
             let here: Vec<&Loaded> = loaded.iter().filter(|m| m.release == release).collect();
-            let mut provided: BTreeSet<String> = BTreeSet::new();
-            for m in &here {
-                let from_file = m
-                    .path
-                    .file_name()
-                    .and_then(|n| module_name(&n.to_string_lossy()));
-                provided.extend(from_file);
-                if let Ok(info) = &m.info
-                    && let Some(n) = value(info, "name")
-                {
-                    provided.insert(normalize(n));
-                }
+            let kernel = ctx.kernel_tree(release);
+            check_depends(tree, ctx, release, &here, kernel, out);
+            if let Some(kernel) = kernel {
+                check_symbols(tree, release, &here, kernel, out);
             }
-            let builtin_path = dir.join(release).join("modules.builtin");
-            let builtin: Option<BTreeSet<String>> =
-                std::fs::read_to_string(&builtin_path).ok().map(|text| {
-                    text.lines()
-                        .filter_map(|l| l.trim().rsplit('/').next())
-                        .filter_map(module_name)
-                        .collect()
-                });
-            for m in &here {
-                let shown = tree.display(&m.path);
-                let info = match &m.info {
-                    Ok(i) => i,
-                    Err(e) => {
-                        out.push(shown, e.clone());
-                        continue;
-                    }
-                };
-                let deps = value(info, "depends").unwrap_or_default();
-                for dep in deps.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-                    let n = normalize(dep);
-                    if provided.contains(&n)
-                        || builtin.as_ref().is_some_and(|b| b.contains(&n))
-                        || ctx.allow_in_tree_deps
-                    {
-                        continue;
-                    }
-                    let builtin_note = if builtin.is_some() {
-                        "modules.builtin does not list it"
-                    } else {
-                        "there is no modules.builtin"
-                    };
-                    out.push(
-                        shown.clone(),
-                        format!(
-                            "depends on `{dep}`, which no module in {} provides and {builtin_note} (allow the node's modules with --allow-in-tree-deps)",
-                            tree.display(&dir.join(release))
-                        ),
-                    );
-                }
+        }
+    }
+}
+
+/// The `depends=` names of the modules of one release directory.
+fn check_depends(
+    tree: &Tree<'_>,
+    ctx: &Context,
+    release: &str,
+    here: &[&Loaded],
+    kernel: Option<&KernelTree>,
+    out: &mut Sink,
+) {
+    let dir = tree.modules_dir().join(release);
+    let mut provided: BTreeSet<String> = kernel.map(KernelTree::module_names).unwrap_or_default();
+    for m in here {
+        let from_file = m
+            .path
+            .file_name()
+            .and_then(|n| module_name(&n.to_string_lossy()));
+        provided.extend(from_file);
+        if let Ok(info) = &m.info
+            && let Some(n) = value(info, "name")
+        {
+            provided.insert(normalize(n));
+        }
+    }
+    let builtin: Option<BTreeSet<String>> = std::fs::read_to_string(dir.join("modules.builtin"))
+        .ok()
+        .map(|text| {
+            text.lines()
+                .filter_map(|l| l.trim().rsplit('/').next())
+                .filter_map(module_name)
+                .collect()
+        });
+    for m in here {
+        let shown = tree.display(&m.path);
+        let info = match &m.info {
+            Ok(i) => i,
+            Err(e) => {
+                out.push(shown, e.clone());
+                continue;
             }
+        };
+        let deps = value(info, "depends").unwrap_or_default();
+        for dep in deps.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            let n = normalize(dep);
+            if provided.contains(&n)
+                || builtin.as_ref().is_some_and(|b| b.contains(&n))
+                || ctx.allow_in_tree_deps
+            {
+                continue;
+            }
+            let builtin_note = if builtin.is_some() {
+                "modules.builtin does not list it"
+            } else {
+                "there is no modules.builtin"
+            };
+            let kernel_note = kernel.map_or(String::new(), |k| {
+                format!(", nor is it a module of kernel {}", k.release)
+            });
+            out.push(
+                shown.clone(),
+                format!(
+                    "depends on `{dep}`, which no module in {} provides and {builtin_note}{kernel_note} (allow the node's modules with --allow-in-tree-deps)",
+                    tree.display(&dir)
+                ),
+            );
+        }
+    }
+}
+
+/// The symbols the modules of one release directory use, against the
+/// kernel's exports and each other's.
+fn check_symbols(
+    tree: &Tree<'_>,
+    release: &str,
+    here: &[&Loaded],
+    kernel: &KernelTree,
+    out: &mut Sink,
+) {
+    let mut siblings = HashMap::new();
+    for m in here {
+        if let Some(Ok(syms)) = &m.symbols {
+            siblings.extend(syms.exports.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    }
+    let beside = tree.display(&tree.modules_dir().join(release));
+    for m in here {
+        // A module whose .modinfo cannot be read is reported by
+        // check_depends already.
+        let (Ok(info), Some(syms)) = (&m.info, &m.symbols) else {
+            continue;
+        };
+        let shown = tree.display(&m.path);
+        let syms = match syms {
+            Ok(s) => s,
+            Err(e) => {
+                out.push(shown, e.clone());
+                continue;
+            }
+        };
+        let import_ns: Vec<&str> = info
+            .iter()
+            .filter(|(k, _)| k == "import_ns")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let license = value(info, "license");
+        for problem in unresolved(syms, license, &import_ns, &siblings, kernel, &beside) {
+            out.push(shown.clone(), problem);
         }
     }
 }
