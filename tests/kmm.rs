@@ -284,3 +284,32 @@ fn modules_for_debian_kernels_build_per_release_push_and_load_in_order() {
 
     boot::each_release_loads_its_own_image(p.path(), releases);
 }
+
+/// The image gate checks modules against the Debian tree they were built
+/// on: hello_user without hello_pcie (which exports the symbol it uses)
+/// is refused, and nothing is exported or written.
+#[test]
+fn a_kmm_image_missing_a_module_another_needs_is_refused() {
+    let release = &debian::two_releases()[0];
+    let p = copy_project();
+    let pkg = p.path().join("pkgs/kmm/hello-kmod/pkg.yaml");
+    let text = fs::read_to_string(&pkg).unwrap();
+    let broken = text.replace("for dir in pcie user; do", "for dir in user; do");
+    assert_ne!(text, broken);
+    let broken = broken.replace(
+        "for m in hello_pcie hello_user; do",
+        "for m in hello_user; do",
+    );
+    fs::write(&pkg, broken).unwrap();
+    let o = build_release(p.path(), release, &["--unsigned"]);
+    let text = said(&o);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("error[modules-depends]")
+            && text.contains("hello_user.ko: uses symbol `hello_pcie_greeting`"),
+        "{text}"
+    );
+    let out = p.path().join("_out").join(release);
+    assert!(!out.join("hello-kmod").exists(), "exported");
+    assert!(!out.join("images/hello-kmod").exists(), "image written");
+}

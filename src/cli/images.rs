@@ -16,7 +16,8 @@ use crate::output::extension::is_extension;
 use crate::output::pack::{ImageKind, Packed, Request, is_installer, pack};
 use crate::output::publish::write_local;
 use crate::sign::verify::Trusted;
-use crate::validate::{Context, Kind, Selection};
+use crate::validate::kernel_tree::SEARCH_DEPTH;
+use crate::validate::{Context, KernelTree, Kind, Selection, find_kernel_trees};
 
 #[derive(Args, Debug)]
 pub struct ImageArgs {
@@ -68,6 +69,29 @@ fn kind_for(args: &ImageArgs, tree: &Path) -> Option<ImageKind> {
         _ if is_installer(tree) => Some(ImageKind::Installer),
         _ => None,
     }
+}
+
+/// The kernel build trees among the outputs of the stages `target` is
+/// built on (the demo kernel's `/src`, a distribution's headers), by
+/// release: the rules check its modules' vermagic and symbols against them.
+fn kernel_trees(
+    built: &crate::exec::Built<'_>,
+    target: &str,
+) -> Result<std::collections::BTreeMap<String, std::sync::Arc<KernelTree>>, String> {
+    let mut trees = std::collections::BTreeMap::new();
+    let deps = built
+        .dependencies
+        .iter()
+        .find(|(t, _)| t == target)
+        .map(|(_, d)| d.as_slice())
+        .unwrap_or_default();
+    for out in deps {
+        for dir in find_kernel_trees(out, SEARCH_DEPTH) {
+            let tree = KernelTree::read(&dir).map_err(|e| format!("{target}: {e}"))?;
+            trees.insert(tree.release.clone(), std::sync::Arc::new(tree));
+        }
+    }
+    Ok(trees)
 }
 
 /// The gate: validates and packs every target that becomes an image;
@@ -125,7 +149,7 @@ pub fn gate(
                 allow_in_tree_deps: false,
                 secret_patterns: secrets.clone(),
                 talos_version: None,
-                kernel_trees: Default::default(),
+                kernel_trees: kernel_trees(built, target)?,
             },
             selection: Selection {
                 only: Vec::new(),
