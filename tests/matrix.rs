@@ -327,3 +327,46 @@ fn real_corpus_gives_a_matrix() {
         assert_eq!(c["targets"], "base hailort-pkg kernel zfs-pkg");
     }
 }
+
+#[test]
+fn kernel_releases_give_one_cell_per_platform_and_release() {
+    let m = demo(&[
+        "--kernel-release",
+        "6.1.0-57-cloud-amd64,6.1.0-56-cloud-amd64",
+        "--kernel-release",
+        "6.1.0-57-cloud-amd64",
+        "hello-kmod",
+        "hailort-kmod",
+    ]);
+    let c = cells(&m);
+    assert_eq!(c.len(), 2, "one cell per release, repeats dropped: {m}");
+    for (cell, release) in c
+        .iter()
+        .zip(["6.1.0-56-cloud-amd64", "6.1.0-57-cloud-amd64"])
+    {
+        assert_eq!(cell["kernel_release"], release, "{m}");
+        assert_eq!(cell["name"], format!("amd64-no-kernel-{release}"), "{m}");
+        assert_eq!(
+            cell["kernel"],
+            Value::Null,
+            "composer builds no kernel here"
+        );
+        assert_eq!(cell["targets"], "hailort-kmod hello-kmod");
+    }
+    let without = demo(&["hello-kmod"]);
+    assert_eq!(cells(&without)[0]["kernel_release"], Value::Null);
+}
+
+#[test]
+fn a_kernel_release_that_is_no_path_component_is_refused() {
+    for bad in ["../etc", "6.1/x", "latest", ""] {
+        let out = composer(
+            &project_dir(),
+            &["matrix", "--kernel-release", bad, "hello-kmod"],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {stderr}");
+        assert!(stderr.contains("kernel release"), "{bad:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{bad:?}: no matrix printed");
+    }
+}

@@ -280,3 +280,38 @@ fn workflow_installs_packages_the_makefile_knows() {
         );
     }
 }
+
+#[test]
+fn kmods_job_matrix_is_one_cell_per_kernel_release_from_its_plan() {
+    let wf = workflow();
+    let jobs = get(&wf, "jobs");
+    let kmods = get(jobs, "kmods");
+    let matrix = get(get(kmods, "strategy"), "matrix").as_str().unwrap();
+    assert_eq!(matrix, "${{ fromJSON(needs.kmm-plan.outputs.matrix) }}");
+    assert_eq!(get(kmods, "needs").as_str(), Some("kmm-plan"));
+    let scripts = run_scripts(&wf);
+    let plan: String = scripts
+        .iter()
+        .filter(|(job, _)| job == "kmm-plan")
+        .map(|(_, s)| s.as_str())
+        .collect();
+    assert!(
+        plan.contains("scripts/debian-kernel.sh releases")
+            && plan.contains("composer matrix --kernel-release"),
+        "{plan}"
+    );
+    let build: String = scripts
+        .iter()
+        .filter(|(job, _)| job == "kmods")
+        .map(|(_, s)| s.as_str())
+        .collect();
+    for needed in [
+        "--kernel-release \"${release}\"",
+        "--format kmm",
+        "--skip-existing",
+        "--signing-key",
+        "--unsigned",
+    ] {
+        assert!(build.contains(needed), "kmods job lacks {needed}: {build}");
+    }
+}
