@@ -73,6 +73,9 @@ test: setup
 # bench/pack.sh: packing a ~500 MB module tree against tar | zstd and umoci.
 # bench/installer.sh: image-installer on the demo (base + 2 extensions) against
 # mksquashfs alone on the same payload (needs make demo's images).
+# bench/kmm.sh: the fixture modules for Debian's two newest kernels, pushed
+# as KMM images to a loopback registry, cold against dpkg-deb + make by
+# hand, and again with --skip-existing (no compile) against skopeo inspect.
 # Then loading + rendering both real corpora for both platforms (validate loads
 # every platform). No other tool to compare with runs here (bldr needs Go
 # modules from outside the reachable registries), so the report is absolute.
@@ -81,6 +84,7 @@ bench: setup release
 	bench/verify.sh $(COMPOSER)
 	bench/pack.sh $(COMPOSER)
 	bench/installer.sh $(COMPOSER)
+	bench/kmm.sh $(COMPOSER)
 	hyperfine --warmup 3 --shell=none \
 	  -n 'siderolabs-pkgs: load + render, amd64 + arm64' \
 	  '$(COMPOSER) validate --root ../shared/corpus/siderolabs-pkgs' \
