@@ -313,3 +313,37 @@ fn a_kmm_image_missing_a_module_another_needs_is_refused() {
     assert!(!out.join("hello-kmod").exists(), "exported");
     assert!(!out.join("images/hello-kmod").exists(), "image written");
 }
+
+/// debian-kernel fails when it runs, saying why: headers of another
+/// release than `--kernel-release`, or no release at all.
+#[test]
+fn debian_kernel_refuses_headers_of_another_release_and_a_missing_release() {
+    let releases = debian::two_releases();
+    let p = copy_project();
+    let mut args: Vec<String> = ["build", "--cache-dir", "cache", "--kernel-release"]
+        .map(String::from)
+        .to_vec();
+    args.push(releases[0].clone());
+    args.extend(debian::build_args(&releases[1]));
+    args.push("debian-kernel".into());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = common::composer(p.path(), &refs);
+    let text = said(&o);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "headers.deb holds no usr/src/linux-headers-{}",
+            releases[0]
+        )),
+        "{text}"
+    );
+    assert!(!p.path().join("_out/debian-kernel").exists());
+
+    let o = common::composer(
+        p.path(),
+        &["build", "--cache-dir", "cache", "debian-kernel"],
+    );
+    let text = said(&o);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(text.contains("pass --kernel-release RELEASE"), "{text}");
+}
