@@ -21,6 +21,7 @@ pub mod image;
 pub mod key;
 pub mod overlay;
 pub mod pkgdir;
+mod plan;
 pub mod prefetch;
 pub mod sandbox;
 pub mod sbom;
