@@ -20,15 +20,26 @@ set -euo pipefail
 
 die() { echo "debian-kernel: $*" >&2; exit 1; }
 
-# The releases of FLAVOUR the archive has headers for, newest first.
+# Every release of FLAVOUR apt knows headers for, newest first.
+list_releases() {
+    apt-cache pkgnames linux-headers- \
+        | sed -n "s/^linux-headers-\([0-9][0-9.]*-[0-9][0-9]*-${1}\)\$/\1/p" \
+        | sort -V -r
+}
+
+# The N newest releases of FLAVOUR the archive has headers for.
 releases() {
     local n=${1:-2} flavour=${2:-cloud-amd64}
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "releases: N must be a positive number, got '$n'"
     local found
-    found=$(apt-cache pkgnames linux-headers- \
-        | sed -n "s/^linux-headers-\([0-9][0-9.]*-[0-9][0-9]*-${flavour}\)\$/\1/p" \
-        | sort -V -r | head -n "$n")
-    [[ -n "$found" ]] || die "no linux-headers-*-${flavour} in the apt sources (run apt-get update?)"
+    found=$(list_releases "$flavour" | head -n "$n")
+    if [[ -z "$found" ]]; then
+        # No package lists yet (a fresh machine): fetch them once.
+        echo "debian-kernel: no linux-headers-*-${flavour} known to apt; updating the package lists once" >&2
+        apt-get update -q >/dev/null || die "apt-get update failed"
+        found=$(list_releases "$flavour" | head -n "$n")
+    fi
+    [[ -n "$found" ]] || die "no linux-headers-*-${flavour} in the configured apt sources"
     echo "$found"
 }
 
