@@ -20,6 +20,10 @@ set -euo pipefail
 
 die() { echo "debian-kernel: $*" >&2; exit 1; }
 
+# Download directories of this run, removed however it ends.
+TMPDIRS=()
+trap 'rm -rf "${TMPDIRS[@]}"' EXIT
+
 # Every release of FLAVOUR apt knows headers for, newest first.
 list_releases() {
     apt-cache pkgnames linux-headers- \
@@ -77,7 +81,10 @@ fetch_one() {
     for name in headers common kbuild image; do
         [[ -s "$out/$name.deb" ]] && continue
         tmp=$(mktemp -d "$out/.download.XXXXXX")
-        (cd "$tmp" && download "${pkgs[$name]}")
+        TMPDIRS+=("$tmp")
+        pushd "$tmp" >/dev/null
+        download "${pkgs[$name]}"
+        popd >/dev/null
         mv "$tmp"/*.deb "$out/$name.deb"
         rmdir "$tmp"
         echo "debian-kernel: $release: ${pkgs[$name]} -> $out/$name.deb" >&2

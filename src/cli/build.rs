@@ -40,7 +40,8 @@ pub struct BuildArgs {
     /// certs/signing_key.pem). The key is then stable, not ephemeral. Also
     /// the key that signs modules built for a kernel this build does not
     /// make (a distribution's), which no session signs: the key your nodes
-    /// trust (enrolled with MOK).
+    /// trust (enrolled with MOK). In a build that makes a kernel too, the
+    /// kernel then trusts this key.
     #[arg(long, value_name = "FILE", conflicts_with = "signing_key_type")]
     pub signing_key: Option<PathBuf>,
     /// Let modules built for a kernel this build does not make leave
@@ -108,61 +109,15 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
     let (_, plan) = super::resolve_targets(&defs, &args.targets)?;
     let skipping =
         super::existing::skip_existing(&args.existing, &args.images, &args.opts, &defs, plan)?;
-    let Some(plan) = skipping.plan else {
+    let Some(plan) = &skipping.plan else {
         return Ok(ExitCode::SUCCESS);
     };
     let epoch = source_date_epoch(&args.opts.build_args)?;
-    let opts = exec::Options {
-        cache_dir: args.sources.cache_dir(),
-        output: args.output.clone(),
-        jobs: args.jobs.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        }),
-        offline: args.sources.offline,
-        mirrors: args.sources.mirrors.clone(),
-        epoch,
-        insecure: args.images.insecure,
-    };
+    let opts = exec_options(args, epoch);
     // Made when a session stage has to run; signing reads it from the
     // worker threads. Dropped (key zeroized) when this function returns.
     let session: OnceLock<Session> = OnceLock::new();
-    let mut start_session = || -> Result<SessionCert, String> {
-        let s = match &args.signing_key {
-            Some(path) => Session::from_pem(path),
-            None => match args.signing_key_type.as_str() {
-                "rsa-4096" => Session::generate(KeyType::Rsa, 4096),
-                "rsa-4096-sha512" => Session::generate(KeyType::RsaSha512, 4096),
-                _ => Session::generate(KeyType::EcdsaP384, 0),
-            },
-        }
-        .map_err(|e| e.to_string())?;
-        let description = match &args.signing_key {
-            Some(path) => format!(
-                "{} key from {}: NOT ephemeral, kept by you",
-                s.key_type().describe(),
-                path.display()
-            ),
-            None => format!("ephemeral {} key, in memory only", s.key_type().describe()),
-        };
-        let cert = SessionCert {
-            id: s.id(),
-            cert_pem: s.cert_pem().as_bytes().to_vec(),
-            description,
-            private_pem: if args.sign_in_tree {
-                Some(std::sync::Arc::new(
-                    s.combined_pem().map_err(|e| e.to_string())?,
-                ))
-            } else {
-                None
-            },
-        };
-        session
-            .set(s)
-            .map_err(|_| "a build has one signing session".to_string())?;
-        Ok(cert)
-    };
+    let mut start_session = || start_session(args, &session);
     let hooks = Hooks {
         session: &session,
         in_tree: args.sign_in_tree,
@@ -172,55 +127,22 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
         Duration::from_secs(args.progress_interval.max(1)),
     );
     let image_epoch = epoch.unwrap_or(0).max(0) as u64;
-    let mut pending = None;
-    let mut user_key: Option<Session> = None;
-    let choice = super::foreign::Choice {
-        signing_key: args.signing_key.as_deref(),
-        unsigned: args.unsigned,
-    };
-    // Images are validated and packed while the outputs are still in the
-    // cache: when a rule fails, nothing is exported, written or pushed.
-    // Modules outside a signing session are signed here, in a copy.
-    let mut gate = |built: &exec::Built<'_>| -> Result<exec::Replacements, String> {
-        let staging = args.output.join(".composer").join("signed");
-        let foreign = super::foreign::decide(&choice, built, &staging, &mut user_key)?;
-        let mut secrets = session
-            .get()
-            .map(Session::secret_patterns_for_audit)
-            .unwrap_or_default();
-        secrets.extend(user_key.iter().flat_map(Session::secret_patterns_for_audit));
-        let checked = super::images::gate(
-            &args.images,
-            &defs,
-            &args.output,
-            image_epoch,
-            secrets,
-            built,
-            &foreign,
-        )
-        .and_then(|mut p| {
-            super::existing::before_push(&args.existing, &args.images, &skipping.told, &mut p)?;
-            Ok(p)
-        });
-        match checked {
-            Ok(p) => pending = Some(p),
-            Err(e) => {
-                super::foreign::discard(&foreign);
-                return Err(e);
-            }
-        }
-        Ok(foreign
-            .into_iter()
-            .filter_map(|f| f.copy.map(|c| (f.target, c)))
-            .collect())
+    let mut gate = Gate {
+        args,
+        defs: &defs,
+        session: &session,
+        told: &skipping.told,
+        epoch: image_epoch,
+        user_key: None,
+        pending: None,
     };
     let result = exec::build_gated(
         &defs,
-        &plan,
+        plan,
         &opts,
         &mut start_session,
         Some(&hooks),
-        &mut gate,
+        &mut |built| gate.check(built),
         &mut |p| view.show(p),
     );
     view.clear();
@@ -236,10 +158,133 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
     for (target, path) in &summary.outputs {
         println!("{target}\t{}", path.display());
     }
-    if let Some(pending) = pending {
+    if let Some(pending) = gate.pending {
         super::images::publish(&args.images, pending, &args.output, image_epoch)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn exec_options(args: &BuildArgs, epoch: Option<i64>) -> exec::Options {
+    exec::Options {
+        cache_dir: args.sources.cache_dir(),
+        output: args.output.clone(),
+        jobs: args.jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
+        offline: args.sources.offline,
+        mirrors: args.sources.mirrors.clone(),
+        epoch,
+        insecure: args.images.insecure,
+    }
+}
+
+/// Makes the signing session's key (ephemeral, or `--signing-key`'s) when
+/// the build asks for it, and hands the build its public half.
+fn start_session(args: &BuildArgs, session: &OnceLock<Session>) -> Result<SessionCert, String> {
+    let s = match &args.signing_key {
+        Some(path) => Session::from_pem(path),
+        None => match args.signing_key_type.as_str() {
+            "rsa-4096" => Session::generate(KeyType::Rsa, 4096),
+            "rsa-4096-sha512" => Session::generate(KeyType::RsaSha512, 4096),
+            _ => Session::generate(KeyType::EcdsaP384, 0),
+        },
+    }
+    .map_err(|e| e.to_string())?;
+    let description = match &args.signing_key {
+        Some(path) => format!(
+            "{} key from {}: NOT ephemeral, kept by you",
+            s.key_type().describe(),
+            path.display()
+        ),
+        None => format!("ephemeral {} key, in memory only", s.key_type().describe()),
+    };
+    let cert = SessionCert {
+        id: s.id(),
+        cert_pem: s.cert_pem().as_bytes().to_vec(),
+        description,
+        private_pem: if args.sign_in_tree {
+            Some(std::sync::Arc::new(
+                s.combined_pem().map_err(|e| e.to_string())?,
+            ))
+        } else {
+            None
+        },
+    };
+    session
+        .set(s)
+        .map_err(|_| "a build has one signing session".to_string())?;
+    Ok(cert)
+}
+
+/// The export gate of `composer build`: modules outside a signing session
+/// are signed (in a copy) or left unsigned as asked, then every image is
+/// validated and packed, and the registry's tags are checked, while the
+/// outputs are still in the cache: when anything fails, nothing is
+/// exported, written or pushed.
+struct Gate<'a> {
+    args: &'a BuildArgs,
+    defs: &'a crate::defs::Definitions,
+    session: &'a OnceLock<Session>,
+    told: &'a std::collections::BTreeMap<String, String>,
+    epoch: u64,
+    /// `--signing-key`, read once at the gate: the key that signs modules
+    /// outside a session, and bytes no image may hold.
+    user_key: Option<Session>,
+    pending: Option<super::images::Pending>,
+}
+
+impl Gate<'_> {
+    fn check(&mut self, built: &exec::Built<'_>) -> Result<exec::Replacements, String> {
+        let args = self.args;
+        let staging = args.output.join(".composer").join("signed");
+        // Copies a failed build left behind, or of targets no longer built.
+        crate::exec::fsops::remove_tree(&staging).map_err(|e| e.to_string())?;
+        if let (Some(path), None) = (&args.signing_key, &self.user_key) {
+            self.user_key =
+                Some(Session::from_pem(path).map_err(|e| format!("--signing-key: {e}"))?);
+        }
+        let choice = super::foreign::Choice {
+            signing_key: args.signing_key.as_deref(),
+            unsigned: args.unsigned,
+        };
+        let foreign = super::foreign::decide(&choice, built, &staging, self.user_key.as_ref())?;
+        let mut secrets = self
+            .session
+            .get()
+            .map(Session::secret_patterns_for_audit)
+            .unwrap_or_default();
+        secrets.extend(
+            self.user_key
+                .iter()
+                .flat_map(Session::secret_patterns_for_audit),
+        );
+        let checked = super::images::gate(
+            &args.images,
+            self.defs,
+            &args.output,
+            self.epoch,
+            secrets,
+            built,
+            &foreign,
+        )
+        .and_then(|mut p| {
+            super::existing::before_push(&args.existing, &args.images, self.told, &mut p)?;
+            Ok(p)
+        });
+        match checked {
+            Ok(p) => self.pending = Some(p),
+            Err(e) => {
+                super::foreign::discard(&foreign);
+                return Err(e);
+            }
+        }
+        Ok(foreign
+            .into_iter()
+            .filter_map(|f| f.copy.map(|c| (f.target, c)))
+            .collect())
+    }
 }
 
 /// SOURCE_DATE_EPOCH from `--build-arg` or the environment.

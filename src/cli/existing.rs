@@ -102,8 +102,8 @@ pub fn skip_existing(
     let told = told_tags(images, opts, defs, &plan.targets)?;
     let reg = registry_options(images.insecure);
     let mut build = Vec::new();
-    for target in &plan.targets {
-        let reference = push_reference(prefix, target, &told[target])
+    for (target, tag) in &told {
+        let reference = push_reference(prefix, target, tag)
             .map_err(|e| CliError::user(format!("--push {prefix}: {e}")))?;
         match lookup(&reference, &reg)? {
             Some(digest) => eprintln!("skipped {target}: {reference} exists ({digest})"),
@@ -118,6 +118,9 @@ pub fn skip_existing(
         return Ok(Skipping { plan: None, told });
     }
     let (_, plan) = super::resolve_targets(defs, &build)?;
+    // What the built images are checked against: the targets left to build.
+    let mut told = told;
+    told.retain(|target, _| build.contains(target));
     Ok(Skipping {
         plan: Some(plan),
         told,
@@ -154,9 +157,10 @@ fn told_tags(
     let mut tags = BTreeMap::new();
     let mut unknown = Vec::new();
     for target in targets {
-        let pkg = defs
-            .find(target)
-            .expect("resolve_targets found every target");
+        let Some(pkg) = defs.find(target) else {
+            unknown.push(format!("  {target}: not in the definitions"));
+            continue;
+        };
         match extension_tag(pkg) {
             Ok(tag) => {
                 tags.insert(target.clone(), tag);
@@ -232,6 +236,13 @@ pub fn before_push(
     pending: &mut Pending,
 ) -> Result<(), String> {
     let mut problems = Vec::new();
+    for (target, tag) in told {
+        if !pending.packed.iter().any(|(t, _)| t == target) {
+            problems.push(format!(
+                "{target}: --skip-existing looked for its image tagged {tag}, but the build made no image of it"
+            ));
+        }
+    }
     for (target, p) in &pending.packed {
         if let Some(tag) = told.get(target).filter(|t| **t != p.tag) {
             problems.push(format!(

@@ -12,6 +12,9 @@ use crate::output::foreign::{modules_of, signed_copy};
 use crate::sign::Session;
 use crate::sign::verify::Trusted;
 
+/// How many modules an error lists before it counts the rest.
+const LISTED: usize = 20;
+
 /// A target whose modules are outside a signing session, as decided.
 pub struct Foreign {
     pub target: String,
@@ -37,7 +40,7 @@ pub fn decide(
     choice: &Choice<'_>,
     built: &Built<'_>,
     staging: &Path,
-    key: &mut Option<Session>,
+    key: Option<&Session>,
 ) -> Result<Vec<Foreign>, String> {
     let mut out: Vec<Foreign> = Vec::new();
     let result = decide_each(choice, built, staging, key, &mut out);
@@ -51,7 +54,7 @@ fn decide_each(
     choice: &Choice<'_>,
     built: &Built<'_>,
     staging: &Path,
-    key: &mut Option<Session>,
+    key: Option<&Session>,
     out: &mut Vec<Foreign>,
 ) -> Result<(), String> {
     let mut missing = Vec::new();
@@ -64,10 +67,15 @@ fn decide_each(
             continue;
         }
         let listed = |mods: &[PathBuf]| {
-            mods.iter()
+            let mut lines: Vec<String> = mods
+                .iter()
+                .take(LISTED)
                 .map(|m| format!("  /{}", m.display()))
-                .collect::<Vec<_>>()
-                .join("\n")
+                .collect();
+            if mods.len() > LISTED {
+                lines.push(format!("  ... and {} more", mods.len() - LISTED));
+            }
+            lines.join("\n")
         };
         if choice.unsigned {
             eprintln!(
@@ -82,17 +90,13 @@ fn decide_each(
             });
             continue;
         }
-        let Some(path) = choice.signing_key else {
+        let (Some(path), Some(session)) = (choice.signing_key, key) else {
             missing.push(format!(
                 "{target}: error[modules-signed]: {} module(s) for a kernel this build did not make, which no signing session signed:\n{}",
                 mods.len(),
                 listed(&mods)
             ));
             continue;
-        };
-        let session = match key {
-            Some(s) => s,
-            None => key.insert(Session::from_pem(path).map_err(|e| format!("--signing-key: {e}"))?),
         };
         let copy = staging.join(target);
         crate::exec::fsops::remove_tree(&copy).map_err(|e| e.to_string())?;

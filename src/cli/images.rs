@@ -3,7 +3,9 @@
 //! writing/pushing them afterwards. Argument handling and printing only;
 //! the work is `output::pack`, `output::publish` and `oci::registry`.
 
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::Args;
 
@@ -71,27 +73,118 @@ fn kind_for(args: &ImageArgs, tree: &Path) -> Option<ImageKind> {
     }
 }
 
-/// The kernel build trees among the outputs of the stages `target` is
-/// built on (the demo kernel's `/src`, a distribution's headers), by
-/// release: the rules check its modules' vermagic and symbols against them.
-fn kernel_trees(
-    built: &crate::exec::Built<'_>,
-    target: &str,
-) -> Result<std::collections::BTreeMap<String, std::sync::Arc<KernelTree>>, String> {
-    let mut trees = std::collections::BTreeMap::new();
-    let deps = built
-        .dependencies
-        .iter()
-        .find(|(t, _)| t == target)
-        .map(|(_, d)| d.as_slice())
-        .unwrap_or_default();
-    for out in deps {
-        for dir in find_kernel_trees(out, SEARCH_DEPTH) {
-            let tree = KernelTree::read(&dir).map_err(|e| format!("{target}: {e}"))?;
-            trees.insert(tree.release.clone(), std::sync::Arc::new(tree));
+/// The kernel build trees among the outputs of the stages a target is
+/// built on (the demo kernel's `/src`, a distribution's headers), read
+/// once per output: the rules check modules' vermagic and symbols against
+/// them. A tree that cannot be read is said once, and its modules are then
+/// checked as without a tree.
+#[derive(Default)]
+struct KernelTrees {
+    read: HashMap<PathBuf, Vec<Arc<KernelTree>>>,
+}
+
+impl KernelTrees {
+    fn for_target(
+        &mut self,
+        built: &crate::exec::Built<'_>,
+        target: &str,
+    ) -> BTreeMap<String, Arc<KernelTree>> {
+        let deps = built
+            .dependencies
+            .iter()
+            .find(|(t, _)| t == target)
+            .map(|(_, d)| d.as_slice())
+            .unwrap_or_default();
+        let mut trees = BTreeMap::new();
+        for out in deps {
+            let found = self.read.entry(out.clone()).or_insert_with(|| {
+                find_kernel_trees(out, SEARCH_DEPTH)
+                    .iter()
+                    .filter_map(|dir| match KernelTree::read(dir) {
+                        Ok(t) => Some(Arc::new(t)),
+                        Err(e) => {
+                            eprintln!(
+                                "warning: {e}: the modules built against it are checked without it"
+                            );
+                            None
+                        }
+                    })
+                    .collect()
+            });
+            for tree in found.iter() {
+                trees.insert(tree.release.clone(), Arc::clone(tree));
+            }
+        }
+        trees
+    }
+}
+
+/// The session's certificates: the trust anchor of its modules.
+fn session_trust(built: &crate::exec::Built<'_>) -> Result<Vec<Trusted>, String> {
+    match built.session_cert {
+        Some(pem) => Ok(x509_cert::Certificate::load_pem_chain(pem.as_bytes())
+            .map_err(|e| format!("the session certificate: {e}"))?
+            .into_iter()
+            .map(Trusted::new)
+            .collect()),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// What every image of the gate shares.
+struct Shared<'a> {
+    args: &'a ImageArgs,
+    defs: &'a Definitions,
+    epoch: u64,
+    secrets: Vec<zeroize::Zeroizing<Vec<u8>>>,
+    trusted: Vec<Trusted>,
+}
+
+impl<'a> Shared<'a> {
+    /// The request to validate and pack `tree` as `target`'s image.
+    /// Modules outside the session are checked against the user's
+    /// certificate, or (unsigned, as asked) not for signatures.
+    fn request(
+        &self,
+        target: &'a String,
+        tree: &'a Path,
+        kind: ImageKind,
+        outside: Option<&super::foreign::Foreign>,
+        kernel_trees: BTreeMap<String, Arc<KernelTree>>,
+    ) -> Request<'a> {
+        let mut skip = self.args.skip_rules.clone();
+        if outside.is_some_and(|f| f.trusted.is_empty()) {
+            skip.push("modules-signed".into());
+        }
+        let package = self.defs.find(target);
+        Request {
+            target,
+            tree,
+            kind,
+            platform: self.defs.platform,
+            labels: package
+                .map(|p| self.defs.roots[p.root].pkgfile.labels.clone())
+                .unwrap_or_default(),
+            compression: self.args.compression,
+            epoch: self.epoch,
+            context: Context {
+                kind: Kind::Rootfs,
+                package: None,
+                trusted: outside.map_or_else(|| self.trusted.clone(), |f| f.trusted.clone()),
+                allow_in_tree_deps: false,
+                secret_patterns: self.secrets.clone(),
+                talos_version: None,
+                kernel_trees,
+            },
+            selection: Selection {
+                only: Vec::new(),
+                skip,
+            },
+            version: package
+                .and_then(|p| crate::defs::template::render_inline("{{ .VERSION }}", &p.vars).ok())
+                .filter(|v| !v.is_empty() && v != "<no value>"),
         }
     }
-    Ok(trees)
 }
 
 /// The gate: validates and packs every target that becomes an image;
@@ -108,58 +201,23 @@ pub fn gate(
     if let Some(p) = &args.push {
         parse_registry(p).map_err(|e| format!("--push {p}: {e}"))?;
     }
-    let trusted: Vec<Trusted> = match built.session_cert {
-        Some(pem) => x509_cert::Certificate::load_pem_chain(pem.as_bytes())
-            .map_err(|e| format!("the session certificate: {e}"))?
-            .into_iter()
-            .map(Trusted::new)
-            .collect(),
-        None => Vec::new(),
+    let shared = Shared {
+        args,
+        defs,
+        epoch,
+        secrets,
+        trusted: session_trust(built)?,
     };
+    let mut trees = KernelTrees::default();
     let mut packed = Vec::new();
     let mut failures = Vec::new();
     for (target, cached) in built.targets {
-        // Modules outside the session: the signed copy and the user's
-        // certificate, or (unsigned, as asked) no signature check.
         let outside = foreign.iter().find(|f| &f.target == target);
         let tree = outside.map_or(cached, |f| &f.tree);
         let Some(kind) = kind_for(args, tree) else {
             continue;
         };
-        let mut skip = args.skip_rules.clone();
-        if outside.is_some_and(|f| f.trusted.is_empty()) {
-            skip.push("modules-signed".into());
-        }
-        let labels = defs
-            .find(target)
-            .map(|p| defs.roots[p.root].pkgfile.labels.clone())
-            .unwrap_or_default();
-        let req = Request {
-            target,
-            tree,
-            kind,
-            platform: defs.platform,
-            labels,
-            compression: args.compression,
-            epoch,
-            context: Context {
-                kind: Kind::Rootfs,
-                package: None,
-                trusted: outside.map_or_else(|| trusted.clone(), |f| f.trusted.clone()),
-                allow_in_tree_deps: false,
-                secret_patterns: secrets.clone(),
-                talos_version: None,
-                kernel_trees: kernel_trees(built, target)?,
-            },
-            selection: Selection {
-                only: Vec::new(),
-                skip,
-            },
-            version: defs
-                .find(target)
-                .and_then(|p| crate::defs::template::render_inline("{{ .VERSION }}", &p.vars).ok())
-                .filter(|v| !v.is_empty() && v != "<no value>"),
-        };
+        let req = shared.request(target, tree, kind, outside, trees.for_target(built, target));
         match pack(req, output) {
             Ok(p) => {
                 for w in p.report.warnings() {

@@ -83,6 +83,27 @@ struct JsonReport<'a> {
     findings: &'a [Finding],
 }
 
+/// `--kernel-tree` directories into the context; two different trees for
+/// one release are refused.
+fn add_kernel_trees(ctx: &mut Context, dirs: &[PathBuf]) -> Result<(), CliError> {
+    for dir in dirs {
+        for tree in KernelTree::read_all(dir).map_err(CliError::user)? {
+            let path = tree.dir.clone();
+            if let Some(before) = ctx.add_kernel_tree(tree)
+                && !same_dir(&before.dir, &path)
+            {
+                return Err(CliError::user(format!(
+                    "--kernel-tree: {} and {} are both for kernel {}: give one",
+                    before.dir.display(),
+                    path.display(),
+                    before.release
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn run(global: &Global, args: &ValidateRootfsArgs) -> CliResult {
     let kind = args.kind.unwrap_or_else(|| Kind::detect(&args.path));
     let mut trusted = Vec::new();
@@ -102,21 +123,7 @@ pub fn run(global: &Global, args: &ValidateRootfsArgs) -> CliResult {
         talos_version: args.talos_version.clone(),
         kernel_trees: Default::default(),
     };
-    for dir in &args.kernel_trees {
-        for tree in KernelTree::read_all(dir).map_err(CliError::user)? {
-            let path = tree.dir.clone();
-            if let Some(before) = ctx.add_kernel_tree(tree)
-                && !same_dir(&before.dir, &path)
-            {
-                return Err(CliError::user(format!(
-                    "--kernel-tree: {} and {} are both for kernel {}: give one",
-                    before.dir.display(),
-                    path.display(),
-                    before.release
-                )));
-            }
-        }
-    }
+    add_kernel_trees(&mut ctx, &args.kernel_trees)?;
     let sel = Selection {
         only: args.rules.clone(),
         skip: args.skip.clone(),

@@ -24,6 +24,7 @@
 //! all are reused and no key is made; otherwise a new session starts and all
 //! of them run, so a kernel never meets modules of another session.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -277,45 +278,86 @@ pub fn build_gated(
             summary.cached.push(name);
         }
     }
-    let cached: Vec<(String, PathBuf)> = plan
-        .targets
-        .iter()
-        .map(|t| (t.clone(), outputs[index[t.as_str()]].out()))
-        .collect();
-    let outside_session: Vec<String> = plan
-        .targets
-        .iter()
-        .filter(|t| !planned[index[t.as_str()]].in_session)
-        .cloned()
-        .collect();
-    let dependencies: Vec<(String, Vec<PathBuf>)> = plan
-        .targets
-        .iter()
-        .map(|t| {
-            let below = closure(&planned, index[t.as_str()]);
-            (t.clone(), below.iter().map(|&i| outputs[i].out()).collect())
-        })
-        .collect();
+    let targets = gate_inputs(plan, &planned, &index, &outputs);
     let replacements = gate(&Built {
-        targets: &cached,
+        targets: &targets.cached,
         session_cert: summary.session_cert.as_deref(),
-        outside_session: &outside_session,
-        dependencies: &dependencies,
+        outside_session: &targets.outside_session,
+        dependencies: &targets.dependencies,
     })
     .map_err(BuildError::Rejected)?;
+    let exported = export_all(plan, &index, &outputs, &replacements, &opts.output, on);
+    if exported.is_err() {
+        // Trees the gate made and the export did not take.
+        for (_, tree) in &replacements {
+            let _ = fsops::remove_tree(tree);
+        }
+    }
+    summary.outputs = exported?;
+    Ok(summary)
+}
+
+/// What the gate is shown of the plan's targets.
+struct GateInputs {
+    cached: Vec<(String, PathBuf)>,
+    outside_session: Vec<String>,
+    dependencies: Vec<(String, Vec<PathBuf>)>,
+}
+
+fn gate_inputs(
+    plan: &Plan,
+    planned: &[Planned<'_>],
+    index: &HashMap<&str, usize>,
+    outputs: &[Entry],
+) -> GateInputs {
+    let at = |t: &String| index[t.as_str()];
+    GateInputs {
+        cached: plan
+            .targets
+            .iter()
+            .map(|t| (t.clone(), outputs[at(t)].out()))
+            .collect(),
+        outside_session: plan
+            .targets
+            .iter()
+            .filter(|t| !planned[at(t)].in_session)
+            .cloned()
+            .collect(),
+        dependencies: plan
+            .targets
+            .iter()
+            .map(|t| {
+                let below = closure(planned, at(t));
+                (t.clone(), below.iter().map(|&i| outputs[i].out()).collect())
+            })
+            .collect(),
+    }
+}
+
+/// Exports every target: the gate's tree when it made one, else the
+/// cached output.
+fn export_all(
+    plan: &Plan,
+    index: &HashMap<&str, usize>,
+    outputs: &[Entry],
+    replacements: &Replacements,
+    output: &Path,
+    on: &mut dyn FnMut(Progress),
+) -> Result<Vec<(String, PathBuf)>, BuildError> {
+    let mut exported = Vec::new();
     for target in &plan.targets {
         let replacement = replacements.iter().find(|(t, _)| t == target);
         let path = match replacement {
-            Some((_, tree)) => export_tree(tree, &opts.output, target)?,
-            None => export(&outputs[index[target.as_str()]], &opts.output, target)?,
+            Some((_, tree)) => export_tree(tree, output, target)?,
+            None => export(&outputs[index[target.as_str()]], output, target)?,
         };
         on(Progress::Exported {
             target: target.clone(),
             path: path.clone(),
         });
-        summary.outputs.push((target.clone(), path));
+        exported.push((target.clone(), path));
     }
-    Ok(summary)
+    Ok(exported)
 }
 
 /// The session rule: when the session's stages are not all cached from one

@@ -338,7 +338,10 @@ pub fn vermagic(
     if config.is_set("CONFIG_SMP") {
         v.push_str("SMP ");
     }
-    if config.is_set("CONFIG_PREEMPT_BUILD") {
+    // 5.12 and later: PREEMPT_BUILD; before it, PREEMPT said the same.
+    let preempt = config.is_set("CONFIG_PREEMPT_BUILD")
+        || (config.is_set("CONFIG_PREEMPT") && !config.is_set("CONFIG_PREEMPT_RT"));
+    if preempt {
         v.push_str("preempt ");
     } else if config.is_set("CONFIG_PREEMPT_RT") {
         v.push_str("preempt_rt ");

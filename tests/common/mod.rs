@@ -1,10 +1,12 @@
 //! Shared by the integration tests: a tree of files in a fresh temporary
 //! directory, and running the real `composer` binary on it; `demo` for the
 //! bundled demo tree, `debian` for Debian's kernels, `registry` for a real
-//! registry, `scaffold` for `composer new`.
+//! registry, `scaffold` for `composer new`, `kmod` for module stages without
+//! a kernel.
 
 pub mod debian;
 pub mod demo;
+pub mod kmod;
 pub mod registry;
 pub mod scaffold;
 

@@ -24,6 +24,8 @@ fn check(project: &Path, kernel_release: &str, image_release: &str, args: &[&str
         .arg(debian::image_deb(kernel_release))
         .arg("--kmm")
         .arg(&tree)
+        // TCG on two busy cores: a boot takes seconds, but give it room.
+        .args(["--timeout", "300"])
         .args(args)
         .output()
         .unwrap()
