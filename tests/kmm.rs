@@ -181,35 +181,16 @@ fn modules_for_debian_kernels_build_per_release_push_and_load_in_order() {
     let registry = Registry::start();
     let prefix = format!("{}/kmods", registry.addr());
 
-    // No signing choice: nothing exported, and the message says what to do.
-    let o = build_release(p.path(), &releases[0], &[]);
-    let text = said(&o);
-    assert_eq!(o.status.code(), Some(1), "{text}");
-    assert!(text.contains("error[modules-signed]"), "{text}");
-    assert!(
-        text.contains("hello_user.ko") && text.contains("--unsigned"),
-        "{text}"
-    );
-    assert!(
-        !p.path()
-            .join("_out")
-            .join(&releases[0])
-            .join("hello-kmod")
-            .exists()
-    );
-
+    needs_a_signing_choice(p.path(), &releases[0]);
+    let signing = [
+        "--signing-key",
+        pem.to_str().unwrap(),
+        "--push",
+        &prefix,
+        "--insecure",
+    ];
     for release in releases {
-        let o = build_release(
-            p.path(),
-            release,
-            &[
-                "--signing-key",
-                pem.to_str().unwrap(),
-                "--push",
-                &prefix,
-                "--insecure",
-            ],
-        );
+        let o = build_release(p.path(), release, &signing);
         let text = said(&o);
         assert!(o.status.success(), "{release}: {text}");
         assert!(
@@ -224,23 +205,42 @@ fn modules_for_debian_kernels_build_per_release_push_and_load_in_order() {
     expected.sort();
     assert_eq!(tags(&registry, "kmods/hello-kmod"), expected);
     assert_eq!(tags(&registry, "kmods/hailort-kmod"), expected);
+    a_second_run_compiles_nothing(p.path(), releases, &prefix, &signing);
+    another_releases_module_is_refused(p.path(), releases, &cert);
+    boot::each_release_loads_its_own_image(p.path(), releases);
+}
 
-    // A second run, as on a fresh CI runner: every image is in the
-    // registry, so nothing is fetched, compiled or written.
+/// No signing choice: nothing exported, and the message says what to do.
+fn needs_a_signing_choice(project: &Path, release: &str) {
+    let o = build_release(project, release, &[]);
+    let text = said(&o);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(text.contains("error[modules-signed]"), "{text}");
+    assert!(
+        text.contains("hello_user.ko") && text.contains("--unsigned"),
+        "{text}"
+    );
+    assert!(
+        !project
+            .join("_out")
+            .join(release)
+            .join("hello-kmod")
+            .exists()
+    );
+}
+
+/// A second run, as on a fresh CI runner: every image is in the registry,
+/// so nothing is fetched, compiled or written.
+fn a_second_run_compiles_nothing(
+    project: &Path,
+    releases: &[String],
+    prefix: &str,
+    signing: &[&str],
+) {
+    let mut args = signing.to_vec();
+    args.push("--skip-existing");
     for release in releases {
-        let o = build_release_in(
-            p.path(),
-            "fresh-cache",
-            release,
-            &[
-                "--signing-key",
-                pem.to_str().unwrap(),
-                "--push",
-                &prefix,
-                "--insecure",
-                "--skip-existing",
-            ],
-        );
+        let o = build_release_in(project, "fresh-cache", release, &args);
         let text = said(&o);
         assert!(o.status.success(), "{release}: {text}");
         for target in ["hello-kmod", "hailort-kmod"] {
@@ -250,22 +250,24 @@ fn modules_for_debian_kernels_build_per_release_push_and_load_in_order() {
         assert!(text.contains("built 0 stage(s)"), "{text}");
         assert!(!text.contains("started"), "a stage ran: {text}");
     }
-    assert!(!p.path().join("fresh-cache").exists(), "nothing cached");
+    assert!(!project.join("fresh-cache").exists(), "nothing cached");
+}
 
-    // A module built for one release is refused in the other's directory.
+/// A module built for one release is refused in the other's directory.
+fn another_releases_module_is_refused(project: &Path, releases: &[String], cert: &Path) {
     let (newer, older) = (&releases[0], &releases[1]);
-    let wrong = p.path().join("wrong");
+    let wrong = project.join("wrong");
     let dir = wrong.join(format!("usr/lib/modules/{newer}/extra"));
     fs::create_dir_all(&dir).unwrap();
     fs::copy(
-        p.path().join(format!(
+        project.join(format!(
             "_out/{older}/hello-kmod/usr/lib/modules/{older}/extra/hello_pcie.ko"
         )),
         dir.join("hello_pcie.ko"),
     )
     .unwrap();
     let v = common::composer(
-        p.path(),
+        project,
         &[
             "validate-rootfs",
             wrong.to_str().unwrap(),
@@ -281,8 +283,6 @@ fn modules_for_debian_kernels_build_per_release_push_and_load_in_order() {
             && text.contains(newer.as_str()),
         "{text}"
     );
-
-    boot::each_release_loads_its_own_image(p.path(), releases);
 }
 
 /// The image gate checks modules against the Debian tree they were built

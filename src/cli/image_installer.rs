@@ -10,10 +10,11 @@ use clap::Args;
 use super::build::{default_cache_dir, source_date_epoch};
 use super::{CliError, CliResult};
 use crate::exec::image::Fetch;
-use crate::installer::{Arch, Request, assemble};
-use crate::oci::reference::parse_registry;
+use crate::installer::{Arch, Assembled, Request, assemble};
+use crate::oci::reference::{RegistryRef, parse_registry};
 use crate::oci::registry::{self, RegistryOptions};
 use crate::output::archive::to_docker_archive;
+use crate::output::extension::ManifestInfo;
 
 #[derive(Args, Debug)]
 pub struct ImageInstallerArgs {
@@ -72,6 +73,64 @@ impl std::str::FromStr for ArchArg {
     }
 }
 
+/// Where pulled images are kept: the cache's `images/`, created.
+fn image_store(args: &ImageInstallerArgs) -> Result<PathBuf, CliError> {
+    let store = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(default_cache_dir)
+        .join("images");
+    std::fs::create_dir_all(&store).map_err(|e| {
+        CliError::User(anyhow::anyhow!(
+            "the cache directory {}: {e}",
+            store.display()
+        ))
+    })?;
+    Ok(store)
+}
+
+/// The NAME / VERSION / AUTHOR table of the installer's layers.
+fn print_layers(layers: &[ManifestInfo]) {
+    let name_w = layers
+        .iter()
+        .map(|l| l.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let ver_w = layers
+        .iter()
+        .map(|l| l.version.len())
+        .max()
+        .unwrap_or(7)
+        .max(7);
+    println!("{:<name_w$}  {:<ver_w$}  AUTHOR", "NAME", "VERSION");
+    for l in layers {
+        println!("{:<name_w$}  {:<ver_w$}  {}", l.name, l.version, l.author);
+    }
+}
+
+/// Pushes the assembled installer to `reference` (`p` as given).
+fn push_installer(
+    args: &ImageInstallerArgs,
+    done: &Assembled,
+    p: &str,
+    reference: RegistryRef,
+) -> Result<(), CliError> {
+    let tag = reference.tag.clone().unwrap_or_else(|| "latest".into());
+    done.staging
+        .layout
+        .set_tag(&done.manifest, &tag)
+        .map_err(|e| CliError::User(e.into()))?;
+    let opts = RegistryOptions {
+        insecure: args.insecure,
+        ..RegistryOptions::default()
+    };
+    let pushed = registry::push(&done.staging.layout, Some(&tag), &reference, &opts, &|_| {})
+        .map_err(|e| CliError::User(anyhow::Error::new(e).context(format!("pushing {p}"))))?;
+    println!("installer\tpushed\t{p}\t{}", pushed.digest);
+    Ok(())
+}
+
 pub fn run(args: &ImageInstallerArgs) -> CliResult {
     let arch = args.arch.0;
     let epoch = source_date_epoch(&[])?.unwrap_or(0).max(0) as u64;
@@ -92,17 +151,7 @@ pub fn run(args: &ImageInstallerArgs) -> CliResult {
         _ => PathBuf::from("."),
     };
     let cwd = std::env::current_dir().map_err(|e| CliError::Internal(e.into()))?;
-    let store = args
-        .cache_dir
-        .clone()
-        .unwrap_or_else(default_cache_dir)
-        .join("images");
-    std::fs::create_dir_all(&store).map_err(|e| {
-        CliError::User(anyhow::anyhow!(
-            "the cache directory {}: {e}",
-            store.display()
-        ))
-    })?;
+    let store = image_store(args)?;
     let req = Request {
         base: &args.base,
         extensions: &args.extensions,
@@ -123,24 +172,7 @@ pub fn run(args: &ImageInstallerArgs) -> CliResult {
     for w in &done.warnings {
         eprintln!("warning: {w}");
     }
-    let name_w = done
-        .layers
-        .iter()
-        .map(|l| l.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let ver_w = done
-        .layers
-        .iter()
-        .map(|l| l.version.len())
-        .max()
-        .unwrap_or(7)
-        .max(7);
-    println!("{:<name_w$}  {:<ver_w$}  AUTHOR", "NAME", "VERSION");
-    for l in &done.layers {
-        println!("{:<name_w$}  {:<ver_w$}  {}", l.name, l.version, l.author);
-    }
+    print_layers(&done.layers);
     // Checked before anything is written: an existing tag naming another
     // image is not replaced unless asked.
     let push = match push {
@@ -184,20 +216,7 @@ pub fn run(args: &ImageInstallerArgs) -> CliResult {
         println!("installer\tpresent\t{p}\t{}", done.manifest.digest());
     }
     if let Some((p, reference, true)) = push {
-        let tag = reference.tag.clone().unwrap_or_else(|| "latest".into());
-        done.staging
-            .layout
-            .set_tag(&done.manifest, &tag)
-            .map_err(|e| CliError::User(e.into()))?;
-        let opts = RegistryOptions {
-            insecure: args.insecure,
-            ..RegistryOptions::default()
-        };
-        let pushed = registry::push(&done.staging.layout, Some(&tag), &reference, &opts, &|_| {})
-            .map_err(|e| {
-            CliError::User(anyhow::Error::new(e).context(format!("pushing {p}")))
-        })?;
-        println!("installer\tpushed\t{p}\t{}", pushed.digest);
+        push_installer(args, &done, p, reference)?;
     }
     eprintln!(
         "image-installer: {} layer(s), initramfs {} bytes, in {:.1}s",
