@@ -11,31 +11,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::kmod::kmod_pkg;
+use common::kmod::{kmod_pkg, user_key};
 
 const RELEASE: &str = "6.1.0-57-cloud-amd64";
-
-/// A PEM with an ECDSA P-384 PKCS#8 key and its certificate, and the
-/// certificate alone (openssl, as a user makes a MOK).
-fn user_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let key = dir.join(format!("{name}.key"));
-    let crt = dir.join(format!("{name}.crt"));
-    common::run(
-        Command::new("openssl")
-            .args(["req", "-new", "-x509", "-nodes", "-days", "30"])
-            .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"])
-            .args(["-subj", &format!("/CN=composer test {name}")])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&crt),
-    );
-    let pem = dir.join(format!("{name}.pem"));
-    let mut both = fs::read(&key).unwrap();
-    both.extend(fs::read(&crt).unwrap());
-    fs::write(&pem, both).unwrap();
-    (pem, crt)
-}
 
 fn project(stage: &str) -> tempfile::TempDir {
     common::project(

@@ -21,35 +21,13 @@ mod boot;
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use common::debian;
 use common::demo::{copy_project, firmware_standin, modinfo, shared_sources};
+use common::kmod::user_key;
 use common::registry::Registry;
-
-/// A PEM file with an ECDSA P-384 PKCS#8 key and its self-signed
-/// certificate (made by openssl, as a user makes a MOK), and the
-/// certificate alone.
-fn user_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let key = dir.join(format!("{name}.key"));
-    let crt = dir.join(format!("{name}.crt"));
-    common::run(
-        Command::new("openssl")
-            .args(["req", "-new", "-x509", "-nodes", "-days", "30"])
-            .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"])
-            .args(["-subj", &format!("/CN=composer test {name}")])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&crt),
-    );
-    let pem = dir.join(format!("{name}.pem"));
-    let mut both = fs::read(&key).unwrap();
-    both.extend(fs::read(&crt).unwrap());
-    fs::write(&pem, both).unwrap();
-    (pem, crt)
-}
 
 fn said(o: &Output) -> String {
     format!(
