@@ -17,13 +17,10 @@ use sha2::{Digest as _, Sha256};
 use ureq::http::Method;
 
 use super::client::{Client, header};
-use super::pull::ACCEPT;
+use super::pull::{ACCEPT, MANIFEST_LIMIT};
 use super::{RegistryError, RegistryOptions};
 use crate::oci::layout::sha256_digest;
 use crate::oci::reference::RegistryRef;
-
-/// Manifests larger than this are refused (registries cap them at 4 MiB).
-const MANIFEST_LIMIT: u64 = 16 << 20;
 
 /// The digest of the manifest or index `r` (its tag or digest) names in
 /// the registry, or `None` when the registry has no such manifest.

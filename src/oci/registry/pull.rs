@@ -33,7 +33,7 @@ use crate::oci::layout::{BlobWriter, Layout, LayoutError, sha256_digest};
 use crate::oci::reference::RegistryRef;
 
 /// Manifests larger than this are refused (registries cap them at 4 MiB).
-const MANIFEST_LIMIT: u64 = 16 << 20;
+pub(super) const MANIFEST_LIMIT: u64 = 16 << 20;
 
 pub(super) const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.oci.image.manifest.v1+json, \
