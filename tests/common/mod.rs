@@ -1,10 +1,11 @@
 //! Shared by the integration tests: a tree of files in a fresh temporary
 //! directory, and running the real `composer` binary on it; `demo` for the
 //! bundled demo tree, `debian` for Debian's kernels, `registry` for a real
-//! registry, `scaffold` for `composer new`.
+//! registry, `scaffold` for `composer new`, `node` for `composer kmod`.
 
 pub mod debian;
 pub mod demo;
+pub mod node;
 pub mod registry;
 pub mod scaffold;
 
