@@ -563,6 +563,15 @@ fn status_json_shows_each_modules_state_and_the_decoded_taint() {
     assert_eq!(s["images"][0]["digest"].as_str().unwrap().len(), 71);
     let text = said(&node.kmod(&["status"]));
     assert!(text.contains("tainted 12288: O (externally-built (out-of-tree) module was loaded), E (unsigned module was loaded)"), "{text}");
+    assert!(
+        text.contains("hello_a                  loaded (taint OE), used by hello_b"),
+        "{text}"
+    );
+    let out = node.ok(&["remove", "two"]);
+    assert!(
+        out.contains("warning: two: hello_a stay(s) loaded until unloaded"),
+        "{out}"
+    );
 }
 
 #[test]

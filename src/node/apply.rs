@@ -308,12 +308,27 @@ pub fn remove(
     match remove_steps(&mut txn, o, &state, &chosen) {
         Ok(()) => {
             txn.commit();
+            let running = o.host.running_release().ok().as_deref() == Some(o.release.as_str());
+            let loaded = o.host.loaded_modules();
             for i in &chosen {
                 on(Note::Info(format!(
                     "{}: removed {}",
                     i.name,
                     i.dir.display()
                 )));
+                let still: Vec<&str> = i
+                    .modules
+                    .iter()
+                    .filter(|m| running && loaded.contains_key(&m.name))
+                    .map(|m| m.name.as_str())
+                    .collect();
+                if !still.is_empty() {
+                    on(Note::Warning(format!(
+                        "{}: {} stay(s) loaded until unloaded: the files are gone, not the modules in the kernel",
+                        i.name,
+                        still.join(", ")
+                    )));
+                }
             }
             Ok(chosen)
         }

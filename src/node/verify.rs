@@ -106,7 +106,7 @@ fn read_one(
     enforcement: Enforcement,
     v: &mut Verdict,
 ) -> Option<Read> {
-    let shown = file.display();
+    let shown = file.display().to_string();
     let bytes = match read_module(&image.dir.join(file)) {
         Ok(b) => b,
         Err(e) => {
@@ -127,38 +127,8 @@ fn read_one(
         .map(|n| n.replace('-', "_"))
         .or_else(|| file_name.as_deref().and_then(module_name))
         .unwrap_or_default();
-    let release = &kernel.release;
-    match (value(&info, "vermagic"), &kernel.vermagic) {
-        (None, _) => v.problems.push(format!(
-            "{shown}: no `vermagic=` in .modinfo: the kernel refuses the module"
-        )),
-        (Some(m), Some((want, from))) if m.trim_end() != want.trim_end() => v.problems.push(format!(
-            "{shown}: vermagic {:?} is not kernel {release}'s {:?} (from {from}): the kernel refuses the module",
-            m.trim_end(),
-            want.trim_end()
-        )),
-        (Some(m), None) if !vermagic_matches(m, release) => v.problems.push(format!(
-            "{shown}: vermagic {m:?} is not for kernel {release}: the kernel refuses the module"
-        )),
-        _ => {}
-    }
-    let mut signer = None;
-    if let Ok(a) = anchors {
-        match crate::sign::verify::verify(&bytes, &a.certs) {
-            Ok(ok) => signer = Some(a.certs[ok.signer].subject()),
-            Err(e) => match enforcement {
-                Enforcement::Enforced => v.problems.push(format!(
-                    "{shown}: {e} (checked against {}); the kernel enforces module signatures (sig_enforce=Y) and refuses it",
-                    a.from
-                )),
-                Enforcement::NotEnforced => v.warnings.push(format!(
-                    "{shown}: {e} (checked against {}); the kernel does not enforce module signatures (sig_enforce=N): loading it taints the kernel (E)",
-                    a.from
-                )),
-                Enforcement::Unsupported => {}
-            },
-        }
-    }
+    check_vermagic(value(&info, "vermagic"), kernel, &shown, v);
+    let signer = check_signature(&bytes, anchors, enforcement, &shown, v);
     let symbols = match kernel.exports {
         Some(_) => match module_symbols(&bytes, &name) {
             Ok(s) => Some(s),
@@ -190,6 +160,52 @@ fn read_one(
             .collect(),
         symbols,
     })
+}
+
+/// The module's `vermagic=` against the kernel's.
+fn check_vermagic(found: Option<&str>, kernel: &KernelFacts, shown: &str, v: &mut Verdict) {
+    let release = &kernel.release;
+    match (found, &kernel.vermagic) {
+        (None, _) => v.problems.push(format!(
+            "{shown}: no `vermagic=` in .modinfo: the kernel refuses the module"
+        )),
+        (Some(m), Some((want, from))) if m.trim_end() != want.trim_end() => v.problems.push(format!(
+            "{shown}: vermagic {:?} is not kernel {release}'s {:?} (from {from}): the kernel refuses the module",
+            m.trim_end(),
+            want.trim_end()
+        )),
+        (Some(m), None) if !vermagic_matches(m, release) => v.problems.push(format!(
+            "{shown}: vermagic {m:?} is not for kernel {release}: the kernel refuses the module"
+        )),
+        _ => {}
+    }
+}
+
+/// The signer of a module whose signature verifies; an untrusted module
+/// is a problem or a warning, as the kernel's enforcement says.
+fn check_signature(
+    bytes: &[u8],
+    anchors: &Result<Anchors, String>,
+    enforcement: Enforcement,
+    shown: &str,
+    v: &mut Verdict,
+) -> Option<String> {
+    let a = anchors.as_ref().ok()?;
+    match crate::sign::verify::verify(bytes, &a.certs) {
+        Ok(ok) => return Some(a.certs[ok.signer].subject()),
+        Err(e) => match enforcement {
+            Enforcement::Enforced => v.problems.push(format!(
+                "{shown}: {e} (checked against {}); the kernel enforces module signatures (sig_enforce=Y) and refuses it",
+                a.from
+            )),
+            Enforcement::NotEnforced => v.warnings.push(format!(
+                "{shown}: {e} (checked against {}); the kernel does not enforce module signatures (sig_enforce=N): loading it taints the kernel (E)",
+                a.from
+            )),
+            Enforcement::Unsupported => {}
+        },
+    }
+    None
 }
 
 /// Unique names; every dependency provided by the image or the kernel.
