@@ -851,3 +851,85 @@ fn the_certificates_built_into_the_kernel_image_are_the_default_trust_anchors() 
         "extra/hello.ko: signed by a key that is not trusted",
     );
 }
+
+#[test]
+fn a_kernel_build_tree_on_the_node_is_what_symbols_are_checked_against() {
+    let node = Node::new("Y");
+    let headers = format!("usr/src/linux-headers-{R}");
+    node.put(
+        &format!("{headers}/include/generated/utsrelease.h"),
+        format!("#define UTS_RELEASE \"{R}\"\n").as_bytes(),
+    );
+    node.put(
+        &format!("{headers}/include/generated/autoconf.h"),
+        b"#define CONFIG_SMP 1\n#define CONFIG_MODULE_UNLOAD 1\n#define CONFIG_X86_64 1\n",
+    );
+    node.put(
+        &format!("{headers}/Module.symvers"),
+        b"0x00000000\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n0x00000000\tintree_fn\tdrivers/misc/intree\tEXPORT_SYMBOL_GPL\t\n",
+    );
+    // Debian's link, absolute: followed inside the root.
+    std::os::unix::fs::symlink(
+        format!("/{headers}"),
+        node.root().join(format!("lib/modules/{R}/build")),
+    )
+    .unwrap();
+    // kallsyms exports more than the build tree: the tree is used.
+    node.put(
+        "proc/kallsyms",
+        b"0 r __ksymtab_printk\n0 r __ksymtab_kallsyms_only\n",
+    );
+    let keys = Keys::new("kmod test");
+    let cert = keys.cert();
+    let cert = cert.to_str().unwrap();
+    let good = ko(
+        &node.work(),
+        "hello",
+        &vermagic(R),
+        &[],
+        &["printk", "intree_fn"],
+        &["intree"],
+    );
+    node.image(
+        "good.tar",
+        &[(
+            format!("opt/lib/modules/{R}/extra/hello.ko"),
+            keys.sign(&good),
+        )],
+    );
+    let out = node.ok(&["install", "oci-archive:good.tar", "--cert", cert]);
+    assert!(
+        out.contains(&format!(
+            "vermagic as {}",
+            node.root().join(&headers).display()
+        )),
+        "{out}"
+    );
+    assert!(
+        !out.contains("GPL-only exports and symbol namespaces are not checked"),
+        "{out}"
+    );
+    let bad = ko(
+        &node.work(),
+        "other",
+        &vermagic(R),
+        &[],
+        &["kallsyms_only"],
+        &[],
+    );
+    node.image(
+        "bad.tar",
+        &[(
+            format!("opt/lib/modules/{R}/extra/other.ko"),
+            keys.sign(&bad),
+        )],
+    );
+    refused(
+        &node,
+        &["install", "oci-archive:bad.tar", "--cert", cert],
+        &format!(
+            "uses symbol `kallsyms_only`, which neither kernel {R} ({}) nor any module in the image",
+            node.root().join(&headers).join("Module.symvers").display()
+        ),
+    );
+}
