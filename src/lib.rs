@@ -29,6 +29,7 @@ pub mod diag;
 pub mod exec;
 pub mod graph;
 pub mod installer;
+pub mod node;
 pub mod oci;
 pub mod output;
 pub mod scaffold;

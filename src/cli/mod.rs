@@ -12,6 +12,7 @@ mod foreign;
 mod graph;
 mod image_installer;
 mod images;
+mod kmod_load;
 mod matrix;
 mod new;
 mod pack;
@@ -183,6 +184,18 @@ pub enum Command {
         after_help = "Examples:\n  composer image-installer --base-installer-image oci:_out/images/installer-base:6.1 \\\n      --system-extension-image oci:_out/images/hello:1.0.0\n  composer image-installer --arch amd64 --base-installer-image 127.0.0.1:5000/installer-base:6.1 \\\n      --system-extension-image 127.0.0.1:5000/hello:1.0.0 --insecure -o installer.tar\n  composer image-installer ... --talos-version v1.9.0 --push 127.0.0.1:5000/installer:v1 --insecure\n  composer image-installer ... --push 127.0.0.1:5000/installer:v1 --insecure --overwrite-existing\n\nWrites _out/installer-<arch>.tar (podman load -i / docker load -i). Each extension is validated\n(module signatures against the base kernel's certificates); nothing is written when one fails.\nNeeds squashfs-tools and kmod (depmod). SOURCE_DATE_EPOCH sets every timestamp."
     )]
     ImageInstaller(image_installer::ImageInstallerArgs),
+    /// Load kernel modules in dependency order with the kernel's own calls (no modprobe needed).
+    #[command(
+        hide = true,
+        after_help = "Examples:\n  composer kmod-load hello_user --base /opt     # hello_pcie first: hello_user needs it\n  composer kmod-load dummy --param dummy.numdummies=3\n  composer kmod-load ice --base /opt --replace-in-tree ice\n\nA module already loaded from the same build is left alone (said so); another build of\nthe same name stops the load unless --replace-in-tree names it."
+    )]
+    KmodLoad(kmod_load::KmodLoadArgs),
+    /// Unload kernel modules, the modules that need them first.
+    #[command(
+        hide = true,
+        after_help = "Examples:\n  composer kmod-unload hello_pcie --base /opt   # hello_user first\n\nRefused, before anything is unloaded, when a module outside the request or a process\nholds one of them (each holder named)."
+    )]
+    KmodUnload(kmod_load::KmodUnloadArgs),
 }
 
 /// Runs the parsed command line.
@@ -204,6 +217,8 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Rules(a) => rules::run(g, a),
         Command::Sbom(a) => sbom::run(g, a),
         Command::ImageInstaller(a) => image_installer::run(a),
+        Command::KmodLoad(a) => kmod_load::run_load(g, a),
+        Command::KmodUnload(a) => kmod_load::run_unload(g, a),
     }
 }
 
