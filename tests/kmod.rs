@@ -384,7 +384,9 @@ fn dependent_modules_of_a_kmm_image_built_by_composer_install_in_load_order() {
         "{out}"
     );
     assert!(
-        out.contains("load with: modprobe -a hello_base hello_user"),
+        out.contains(
+            "load with: composer kmod load hello_base hello_user (or: modprobe -a hello_base hello_user)"
+        ),
         "{out}"
     );
     let state = node.state();
@@ -453,7 +455,7 @@ fn a_talos_extension_goes_to_composers_own_directory_with_firmware_class_path() 
         cert.to_str().unwrap(),
     ]);
     assert!(
-        out.contains("load with: modprobe -d /var/lib/composer/modules -a hello"),
+        out.contains("load with: composer kmod load hello (or: modprobe -d /var/lib/composer/modules -a hello)"),
         "{out}"
     );
     let own = format!("var/lib/composer/modules/lib/modules/{R}");
@@ -569,7 +571,7 @@ fn status_json_shows_each_modules_state_and_the_decoded_taint() {
     );
     let out = node.ok(&["remove", "two"]);
     assert!(
-        out.contains("warning: two: hello_a stay(s) loaded until unloaded"),
+        out.contains("warning: two: hello_a stay(s) loaded: the files are gone, not the modules in the kernel (composer kmod unload hello_a)"),
         "{out}"
     );
 }
@@ -732,6 +734,9 @@ fn kmod_help_shows_examples_and_what_root_means() {
         &["kmod", "install", "--help"],
         &["kmod", "remove", "--help"],
         &["kmod", "status", "--help"],
+        &["kmod", "load", "--help"],
+        &["kmod", "unload", "--help"],
+        &["kmod", "unit", "--help"],
     ] {
         let o = common::composer(&node.work(), args);
         assert!(o.status.success(), "{args:?}: {}", said(&o));

@@ -185,9 +185,9 @@ pub enum Command {
         after_help = "Examples:\n  composer image-installer --base-installer-image oci:_out/images/installer-base:6.1 \\\n      --system-extension-image oci:_out/images/hello:1.0.0\n  composer image-installer --arch amd64 --base-installer-image 127.0.0.1:5000/installer-base:6.1 \\\n      --system-extension-image 127.0.0.1:5000/hello:1.0.0 --insecure -o installer.tar\n  composer image-installer ... --talos-version v1.9.0 --push 127.0.0.1:5000/installer:v1 --insecure\n  composer image-installer ... --push 127.0.0.1:5000/installer:v1 --insecure --overwrite-existing\n\nWrites _out/installer-<arch>.tar (podman load -i / docker load -i). Each extension is validated\n(module signatures against the base kernel's certificates); nothing is written when one fails.\nNeeds squashfs-tools and kmod (depmod). SOURCE_DATE_EPOCH sets every timestamp."
     )]
     ImageInstaller(image_installer::ImageInstallerArgs),
-    /// On the node: install module images for the running kernel (verified first), remove them, show their state.
+    /// On the node: install module images for the running kernel (verified first), load and unload their modules in order, remove them, show their state, write a boot unit.
     #[command(
-        after_help = "Examples:\n  composer kmod install 'registry.example.com/kmods/hello-kmod:${KERNEL_FULL_VERSION}'\n  composer kmod install 'oci-archive:/images/kmod-${KERNEL_FULL_VERSION}.tar' --cert /etc/mok.pem\n  composer kmod status --json\n  composer kmod remove hello-kmod\n  composer kmod install --help"
+        after_help = "Examples:\n  composer kmod install 'registry.example.com/kmods/hello-kmod:${KERNEL_FULL_VERSION}' --load\n  composer kmod install 'oci-archive:/images/kmod-${KERNEL_FULL_VERSION}.tar' --cert /etc/mok.pem\n  composer kmod load hello_user\n  composer kmod unload hello_pcie\n  composer kmod status --json\n  composer kmod remove hello-kmod\n  composer kmod unit hello 'oci-archive:/images/kmod-${KERNEL_FULL_VERSION}.tar' -o /etc/systemd/system/\n  composer kmod install --help"
     )]
     Kmod(kmod::KmodArgs),
 }

@@ -309,7 +309,10 @@ pub fn remove(
         Ok(()) => {
             txn.commit();
             let running = o.host.running_release().ok().as_deref() == Some(o.release.as_str());
-            let loaded = o.host.loaded_modules();
+            let loaded = running
+                .then(|| o.host.snapshot(&o.release).ok())
+                .flatten()
+                .unwrap_or_default();
             for i in &chosen {
                 on(Note::Info(format!(
                     "{}: removed {}",
@@ -319,14 +322,15 @@ pub fn remove(
                 let still: Vec<&str> = i
                     .modules
                     .iter()
-                    .filter(|m| running && loaded.contains_key(&m.name))
+                    .filter(|m| loaded.loaded.contains_key(&m.name))
                     .map(|m| m.name.as_str())
                     .collect();
                 if !still.is_empty() {
                     on(Note::Warning(format!(
-                        "{}: {} stay(s) loaded until unloaded: the files are gone, not the modules in the kernel",
+                        "{}: {} stay(s) loaded: the files are gone, not the modules in the kernel (composer kmod unload {})",
                         i.name,
-                        still.join(", ")
+                        still.join(", "),
+                        still.join(" ")
                     )));
                 }
             }

@@ -9,23 +9,33 @@
 //!   kernel built without module signatures);
 //! - its taint (`/proc/sys/kernel/tainted`), decoded into the kernel's
 //!   letters ([`decode_taint`], `kernel/panic.c`'s `taint_flags`);
-//! - the loaded modules (`/proc/modules`) and `/sys/module/<name>`;
+//! - its modules, read once into a [`Snapshot`] ([`Host::snapshot`]):
+//!   `/proc/modules` (reference count, the modules that use each, its
+//!   state, `[permanent]` for one without an exit function), then
+//!   `/sys/module/<name>/` (`initstate`, absent for a module built into
+//!   the kernel, whose directory exists only when it has parameters or a
+//!   version; `holders/`, `srcversion`, `version`, `taint`) and
+//!   `/lib/modules/<release>/modules.builtin`;
 //! - `firmware_class.path` (`/sys/module/firmware_class/parameters/path`).
 //!
-//! Invariant: [`Host::path`] never leaves the root: `..` components of a
+//! Invariants: [`Host::path`] never leaves the root: `..` components of a
 //! node path are refused by the callers' checks (releases and names are
 //! validated before they become path components) and dropped here.
+//! Nothing here changes the system but [`Host::set_firmware_path`].
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 
 use super::NodeError;
+use super::snapshot::{Loaded, Snapshot, normalize, parse_proc_line};
+use crate::validate::modules::module_name;
 
 const OSRELEASE: &str = "/proc/sys/kernel/osrelease";
 const SIG_ENFORCE: &str = "/sys/module/module/parameters/sig_enforce";
 const TAINTED: &str = "/proc/sys/kernel/tainted";
 const PROC_MODULES: &str = "/proc/modules";
 const FIRMWARE_PATH: &str = "/sys/module/firmware_class/parameters/path";
+const SYS_MODULE: &str = "/sys/module";
 
 /// The node: where its `/` is.
 #[derive(Clone, Debug)]
@@ -44,18 +54,31 @@ pub enum Enforcement {
     Unsupported,
 }
 
-/// One line of `/proc/modules`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LoadedModule {
-    /// `Live`, `Loading` or `Unloading`.
-    pub state: String,
-    /// The modules using it.
-    pub used_by: Vec<String>,
+/// The kernel's modules cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("{}: {source} (is /proc mounted? loading modules needs it)", path.display())]
+    Proc {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: not a line of /proc/modules: `{text}`", path.display())]
+    Line {
+        path: PathBuf,
+        line: usize,
+        text: String,
+    },
 }
 
 impl Host {
+    /// A node whose `/` is `root` (a directory in tests, a chroot).
     pub fn new(root: impl Into<PathBuf>) -> Host {
         Host { root: root.into() }
+    }
+
+    /// The running system.
+    pub fn system() -> Host {
+        Host::new("/")
     }
 
     /// Where `/` is.
@@ -115,35 +138,83 @@ impl Host {
         self.read(TAINTED)?.trim().parse().ok()
     }
 
-    /// The modules `/proc/modules` lists, by name.
-    pub fn loaded_modules(&self) -> BTreeMap<String, LoadedModule> {
-        let text = self.read(PROC_MODULES).unwrap_or_default();
-        text.lines()
-            .filter_map(|line| {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                let used_by = f
-                    .get(3)?
-                    .split(',')
-                    .filter(|s| !s.is_empty() && *s != "-")
-                    .map(str::to_string)
-                    .collect();
-                let state = f.get(4).unwrap_or(&"Live").to_string();
-                Some((f[0].to_string(), LoadedModule { state, used_by }))
-            })
+    /// The kernel's modules now; `release` finds `modules.builtin`.
+    pub fn snapshot(&self, release: &str) -> Result<Snapshot, HostError> {
+        let proc = self.path(PROC_MODULES);
+        let text = std::fs::read_to_string(&proc).map_err(|source| HostError::Proc {
+            path: proc.clone(),
+            source,
+        })?;
+        let mut loaded = std::collections::BTreeMap::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let mut m = parse_proc_line(line).ok_or_else(|| HostError::Line {
+                path: proc.clone(),
+                line: i + 1,
+                text: line.to_string(),
+            })?;
+            self.read_sysfs(&mut m);
+            loaded.insert(m.name.clone(), m);
+        }
+        let mut builtin = self.sysfs_builtin();
+        builtin.extend(self.builtin_list(release));
+        builtin.retain(|n| !loaded.contains_key(n));
+        Ok(Snapshot { loaded, builtin })
+    }
+
+    /// Adds what `/sys/module/<name>/` says; missing files say nothing.
+    fn read_sysfs(&self, m: &mut Loaded) {
+        let dir = self.path(SYS_MODULE).join(&m.name);
+        let read = |file: &str| {
+            std::fs::read_to_string(dir.join(file))
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        };
+        match read("initstate").as_deref() {
+            Some("coming") => m.initialising = true,
+            Some("going") => m.going = true,
+            _ => {}
+        }
+        if let Ok(entries) = std::fs::read_dir(dir.join("holders")) {
+            for e in entries.flatten() {
+                m.holders
+                    .insert(normalize(&e.file_name().to_string_lossy()));
+            }
+        }
+        if m.refcnt.is_none() {
+            m.refcnt = read("refcnt").and_then(|r| r.parse().ok());
+        }
+        m.srcversion = read("srcversion");
+        m.version = read("version");
+        m.taint = read("taint").unwrap_or_default();
+    }
+
+    /// `/sys/module/*` directories without `initstate`: built-in modules
+    /// that have parameters or a version.
+    fn sysfs_builtin(&self) -> BTreeSet<String> {
+        let Ok(entries) = std::fs::read_dir(self.path(SYS_MODULE)) else {
+            return BTreeSet::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| !e.path().join("initstate").exists())
+            .map(|e| normalize(&e.file_name().to_string_lossy()))
             .collect()
     }
 
-    /// `/sys/module/<name>` exists (loaded, or built in with parameters).
-    pub fn sys_module(&self, name: &str) -> bool {
-        self.path("/sys/module").join(name).is_dir()
-    }
-
-    /// `/sys/module/<name>/taint` (`OE`, or empty), when loaded.
-    pub fn module_taint(&self, name: &str) -> Option<String> {
-        let p = self.path("/sys/module").join(name).join("taint");
-        std::fs::read_to_string(p)
-            .ok()
-            .map(|t| t.trim().to_string())
+    /// The names in `/lib/modules/<release>/modules.builtin`.
+    fn builtin_list(&self, release: &str) -> BTreeSet<String> {
+        let file = self
+            .path("/lib/modules")
+            .join(release)
+            .join("modules.builtin");
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| module_name(l.trim().rsplit('/').next()?))
+            .collect()
     }
 
     /// The file holding `firmware_class.path`, when the kernel has it.
@@ -239,6 +310,7 @@ pub fn decode_taint(value: u64) -> Vec<TaintFlag> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::snapshot::State;
 
     #[test]
     fn taint_12288_is_out_of_tree_and_unsigned() {
@@ -258,17 +330,53 @@ mod tests {
     }
 
     #[test]
-    fn proc_modules_lines_give_state_and_users() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(d.path().join("proc")).unwrap();
+    fn snapshot_reads_sysfs_and_tells_builtin_from_absent() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        std::fs::create_dir_all(r.join("proc")).unwrap();
         std::fs::write(
-            d.path().join("proc/modules"),
-            "a 16384 1 b, Live 0x0 (OE)\nb 16384 0 - Loading 0x0\n",
+            r.join("proc/modules"),
+            "hello_user 16384 0 - Live 0x0 (OE)\nhello_pcie 16384 1 hello_user, Live 0x0 (OE)\n",
         )
         .unwrap();
-        let m = Host::new(d.path()).loaded_modules();
-        assert_eq!(m["a"].used_by, vec!["b".to_string()]);
-        assert_eq!(m["b"].state, "Loading");
-        assert!(m["b"].used_by.is_empty());
+        let pcie = r.join("sys/module/hello_pcie");
+        std::fs::create_dir_all(pcie.join("holders/hello_user")).unwrap();
+        std::fs::write(pcie.join("initstate"), "live\n").unwrap();
+        std::fs::write(pcie.join("srcversion"), "ABC\n").unwrap();
+        std::fs::write(pcie.join("taint"), "OE\n").unwrap();
+        std::fs::create_dir_all(r.join("sys/module/printk/parameters")).unwrap();
+        std::fs::create_dir_all(r.join("lib/modules/6.1.0/")).unwrap();
+        std::fs::write(
+            r.join("lib/modules/6.1.0/modules.builtin"),
+            "kernel/fs/ext4/ext4.ko\nkernel/drivers/x/a-b.ko\n",
+        )
+        .unwrap();
+
+        let s = Host::new(r).snapshot("6.1.0").unwrap();
+        let State::Loaded(p) = s.state("hello-pcie") else {
+            panic!("{s:?}")
+        };
+        assert_eq!(p.srcversion.as_deref(), Some("ABC"));
+        assert_eq!(p.taint, "OE");
+        assert_eq!(p.holders.len(), 1);
+        assert_eq!(s.state("printk"), State::Builtin);
+        assert_eq!(s.state("a-b"), State::Builtin);
+        assert_eq!(s.state("ext4"), State::Builtin);
+        assert_eq!(s.state("nouveau"), State::Absent);
+    }
+
+    #[test]
+    fn snapshot_without_proc_says_proc_is_needed() {
+        let t = tempfile::tempdir().unwrap();
+        let e = Host::new(t.path()).snapshot("6.1.0").unwrap_err();
+        assert!(e.to_string().contains("is /proc mounted?"), "{e}");
+        std::fs::create_dir_all(t.path().join("proc")).unwrap();
+        std::fs::write(t.path().join("proc/modules"), "a 1 0 - Live 0x0\nbroken\n").unwrap();
+        let e = Host::new(t.path()).snapshot("6.1.0").unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("modules:2: not a line of /proc/modules: `broken`"),
+            "{e}"
+        );
     }
 }

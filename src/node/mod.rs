@@ -1,11 +1,15 @@
 //! The node side: kernel module images installed on the machine that runs
 //! them (`composer kmod install|remove|status`), the way Forklift, KMM's
 //! worker and Talos' extensions put drivers on a node, with the
-//! signatures checked before anything is written.
+//! signatures checked before anything is written; their modules loaded in
+//! dependency order and unloaded dependants first with the kernel's own
+//! calls (`composer kmod load|unload`, `install --load`); the systemd unit
+//! that does both at boot (`composer kmod unit`).
 //!
 //! - `host`: the node as the kernel shows it (release, `sig_enforce`,
-//!   taint, loaded modules, `firmware_class.path`), every path under an
-//!   injectable root.
+//!   taint, `firmware_class.path`, a [`Snapshot`] of its modules), every
+//!   path under an injectable root.
+//! - `snapshot`: the kernel's modules at one moment (loaded, built in).
 //! - `source`: references (`${KERNEL_FULL_VERSION}` substituted), images
 //!   read with composer's own readers into a cache per kernel release
 //!   (used when the image cannot be had), and where an image keeps its
@@ -18,6 +22,16 @@
 //! - `install`: an install checked: images read and verified, conflicts
 //!   found, before anything is written.
 //! - `apply`: installs and removals applied as one transaction each.
+//! - `index`: module directories' `modules.dep` and the load order it
+//!   gives; by default those of the images `installed.json` lists, then
+//!   the system's.
+//! - `syscall`: `finit_module(2)`, `init_module(2)`, `delete_module(2)`,
+//!   their refusals in plain words.
+//! - `load`, `unload`: plans made from an index and a snapshot, then
+//!   carried out in order, stopping at the first refusal.
+//! - `request`: a load or unload asked on the command line, from the
+//!   node's index to the kernel's calls.
+//! - `unit`: the boot-time systemd unit.
 //!
 //! Invariants:
 //! - Nothing on the node is written before every module of every image
@@ -29,14 +43,24 @@
 //!   replaced by rename, last.
 //! - Paths recorded in `installed.json` are node paths (as the kernel and
 //!   modprobe see them), never paths under a test root.
+//! - Load and unload plans are pure functions of an index and a snapshot;
+//!   only carrying them out calls the kernel. Loading what is loaded from
+//!   the same build, and unloading what is not loaded, change nothing.
 
 pub mod apply;
 pub mod host;
+pub mod index;
 pub mod install;
 pub mod kernel;
+pub mod load;
+pub mod request;
+pub mod snapshot;
 pub mod source;
 pub mod state;
+pub mod syscall;
 pub mod txn;
+pub mod unit;
+pub mod unload;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +68,7 @@ use std::path::{Path, PathBuf};
 pub use apply::{RemoveOptions, remove};
 pub use host::Host;
 pub use install::{InstallOptions, install};
+pub use snapshot::Snapshot;
 pub use state::{Installed, InstalledModule};
 
 /// Why the node was left alone.
@@ -67,6 +92,10 @@ pub enum NodeError {
     State { path: PathBuf, message: String },
     #[error("{0}")]
     Rollback(String),
+    #[error(transparent)]
+    Host(#[from] host::HostError),
+    #[error(transparent)]
+    Load(#[from] load::LoadError),
 }
 
 fn refused_text(images: &[String]) -> String {

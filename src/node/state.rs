@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::host::{TaintFlag, decode_taint};
+use super::snapshot::{Snapshot, State as SnapState};
 use super::{Host, NodeError, io};
 
 pub const STATE_FILE: &str = "installed.json";
@@ -223,40 +224,47 @@ pub struct ModuleStatus {
     pub signer: Option<String>,
 }
 
+/// One module's state in `snap` (none: another kernel runs).
+fn module_status(host: &Host, snap: Option<&Snapshot>, m: &InstalledModule) -> ModuleStatus {
+    let (state, loaded) = match snap.map(|s| s.state(&m.name)) {
+        None => ("other kernel", None),
+        Some(SnapState::Loaded(l)) => (l.state_word(), Some(l)),
+        Some(SnapState::Builtin) => ("built-in", None),
+        Some(SnapState::Absent) => ("not loaded", None),
+    };
+    ModuleStatus {
+        name: m.name.clone(),
+        path: m.path.clone(),
+        present: host.path(&m.path).is_file(),
+        state: state.to_string(),
+        used_by: loaded
+            .map(|l| l.holders.iter().cloned().collect())
+            .unwrap_or_default(),
+        taint: loaded.map(|l| l.taint.clone()),
+        signer: m.signer.clone(),
+    }
+}
+
 /// The status of everything installed under `state_dir`.
 pub fn status(host: &Host, state_dir: &Path) -> Result<Status, NodeError> {
     let state = State::read(host, state_dir)?;
     let running = host.running_release().ok();
     let enforcement = host.enforcement()?;
-    let loaded = host.loaded_modules();
+    let snapshot = match &running {
+        Some(r) => Some(host.snapshot(r)?),
+        None => None,
+    };
     let tainted = host.tainted();
     let images = state
         .images
         .iter()
         .map(|i| {
             let is_running = running.as_deref() == Some(i.release.as_str());
+            let snap = snapshot.as_ref().filter(|_| is_running);
             let modules = i
                 .modules
                 .iter()
-                .map(|m| {
-                    let l = loaded.get(&m.name);
-                    let state = match (is_running, l) {
-                        (false, _) => "other kernel".to_string(),
-                        (true, Some(l)) if l.state == "Live" => "loaded".to_string(),
-                        (true, Some(l)) => l.state.to_lowercase(),
-                        (true, None) if host.sys_module(&m.name) => "built-in".to_string(),
-                        (true, None) => "not loaded".to_string(),
-                    };
-                    ModuleStatus {
-                        name: m.name.clone(),
-                        path: m.path.clone(),
-                        present: host.path(&m.path).is_file(),
-                        used_by: l.map(|l| l.used_by.clone()).unwrap_or_default(),
-                        taint: l.and_then(|_| host.module_taint(&m.name)),
-                        state,
-                        signer: m.signer.clone(),
-                    }
-                })
+                .map(|m| module_status(host, snap, m))
                 .collect();
             ImageStatus {
                 name: i.name.clone(),

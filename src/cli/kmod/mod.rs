@@ -1,5 +1,10 @@
-//! `composer kmod install|remove|status`: module images on the node that
-//! runs them (`node`). Argument handling and printing only.
+//! `composer kmod`: module images on the node that runs them (`node`):
+//! install, remove, status (here and in `status`), load and unload
+//! (`load`), the boot unit (`unit`). Argument handling and printing only.
+
+mod load;
+mod status;
+mod unit;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,7 +12,8 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::{CliError, CliResult, Global};
-use crate::node::state::{Status, status};
+use crate::node::load::{Done, LoadRequest, Param};
+use crate::node::request::{Lookup, load_modules, modules_of};
 use crate::node::{Host, InstallOptions, Installed, Note, RemoveOptions, install, remove};
 
 #[derive(Args, Debug)]
@@ -18,19 +24,28 @@ pub struct KmodArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum KmodCommand {
-    /// Read module images for the running kernel, verify every module against it, install them where modprobe finds them.
+    /// Read module images for the running kernel, verify every module against it, install them where modprobe finds them (and load them with --load).
     #[command(after_help = INSTALL_HELP)]
     Install(InstallArgs),
+    /// Load modules in dependency order with the kernel's own calls (no modprobe needed).
+    #[command(after_help = load::LOAD_HELP)]
+    Load(load::LoadArgs),
+    /// Unload modules, the loaded modules that need them first.
+    #[command(after_help = load::UNLOAD_HELP)]
+    Unload(load::UnloadArgs),
     /// Undo an install: the image's modules and firmware go, depmod runs again.
     #[command(
-        after_help = "Examples:\n  composer kmod remove hello-kmod\n  composer kmod remove 'oci-archive:/images/kmod-${KERNEL_FULL_VERSION}.tar'\n  composer kmod remove hello-kmod --kernel-release 6.1.0-56-cloud-amd64\n\nNAME is the name `composer kmod status` shows; a reference works too. Like install,\nall or nothing: a failing depmod puts everything back."
+        after_help = "Examples:\n  composer kmod remove hello-kmod\n  composer kmod remove 'oci-archive:/images/kmod-${KERNEL_FULL_VERSION}.tar'\n  composer kmod remove hello-kmod --kernel-release 6.1.0-56-cloud-amd64\n\nNAME is the name `composer kmod status` shows; a reference works too. Like install,\nall or nothing: a failing depmod puts everything back. Modules still loaded stay in\nthe kernel (said): `composer kmod unload --image NAME` first unloads them."
     )]
     Remove(RemoveArgs),
     /// The installed images, each module's state (loaded or not) and the kernel's taint.
     #[command(
         after_help = "Examples:\n  composer kmod status\n  composer kmod status --json | jq '.images[].modules[] | select(.state != \"loaded\")'\n  composer kmod status --json | jq '.taint_flags[].letter'"
     )]
-    Status(StatusArgs),
+    Status(status::StatusArgs),
+    /// Write a systemd unit that installs and loads an image at boot and unloads it on stop.
+    #[command(after_help = unit::UNIT_HELP)]
+    Unit(unit::UnitArgs),
 }
 
 const INSTALL_HELP: &str = "\
@@ -56,10 +71,17 @@ with firmware_class.path set to it. Any failure (depmod included) leaves the nod
 The image is cached per release (--cache-dir): when it cannot be read again (registry
 unreachable, archive gone, --offline), the cached copy is used, and said.
 
+--load then loads every module of the images as `composer kmod load` does (dependencies first,
+the kernel's own calls, a module already loaded from the same build left alone), after
+unloading the in-tree modules --replace-in-tree names; --param MODULE.KEY=VALUE must name a
+parameter the module declares. When loading is refused, the images stay installed.
+
 Examples:
-  composer kmod install 'registry.example.com/kmods/hello-kmod:${KERNEL_FULL_VERSION}'
+  composer kmod install 'registry.example.com/kmods/hello-kmod:${KERNEL_FULL_VERSION}' --load
   composer kmod install 'oci-archive:/images/kmod-${KERNEL_FULL_VERSION}.tar' --cert /etc/mok.pem
   composer kmod install oci:/srv/images/hailort:6.1.0-57-cloud-amd64 --kernel /boot/vmlinuz-6.1.0-57-cloud-amd64
+  composer kmod install 'ghcr.io/org/ice:${KERNEL_FULL_VERSION}' --load --replace-in-tree ice \\
+      --param ice.debug=1
   composer kmod install 'ghcr.io/org/nvidia:${KERNEL_FULL_VERSION}' --kernel-release 6.1.0-58-cloud-amd64
   composer kmod install --offline 'registry.example.com/kmods/hello-kmod:${KERNEL_FULL_VERSION}'
   composer --root /mnt/node kmod install 'oci-archive:/images/kmod-${KERNEL_FULL_VERSION}.tar'
@@ -79,6 +101,20 @@ pub struct StateArgs {
         default_value = "/var/lib/composer"
     )]
     pub state_dir: PathBuf,
+}
+
+/// `--param` and `--replace-in-tree`, for `install --load` and `load`.
+#[derive(Args, Debug, Clone)]
+pub struct LoadOptions {
+    /// A module parameter, MODULE.KEY=VALUE; it must be one the module
+    /// declares (`modinfo -p`). Repeatable.
+    #[arg(long = "param", value_name = "MODULE.KEY=VALUE")]
+    pub params: Vec<Param>,
+    /// Unload this module first (refused when a module outside the request
+    /// uses it): an in-tree module the out-of-tree one replaces.
+    /// Repeatable.
+    #[arg(long = "replace-in-tree", value_name = "MODULE")]
+    pub replace_in_tree: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -122,6 +158,11 @@ pub struct InstallArgs {
     /// Allow plain HTTP to registries.
     #[arg(long)]
     pub insecure: bool,
+    /// Load the images' modules once installed, dependencies first.
+    #[arg(long)]
+    pub load: bool,
+    #[command(flatten)]
+    pub load_options: LoadOptions,
 }
 
 #[derive(Args, Debug)]
@@ -137,26 +178,22 @@ pub struct RemoveArgs {
     pub state: StateArgs,
 }
 
-#[derive(Args, Debug)]
-pub struct StatusArgs {
-    #[command(flatten)]
-    pub state: StateArgs,
-}
-
 pub fn run(g: &Global, args: &KmodArgs) -> CliResult {
-    let host = node_root(g)?;
     let cwd = std::env::current_dir().map_err(|e| CliError::Internal(e.into()))?;
     match &args.command {
-        KmodCommand::Install(a) => run_install(&host, &cwd, a),
-        KmodCommand::Remove(a) => run_remove(&host, &cwd, a),
-        KmodCommand::Status(a) => run_status(&host, &cwd, g.json, a),
+        KmodCommand::Install(a) => run_install(&node_root(g)?, &cwd, a),
+        KmodCommand::Load(a) => load::run_load(&node_root(g)?, &cwd, a),
+        KmodCommand::Unload(a) => load::run_unload(&node_root(g)?, &cwd, a),
+        KmodCommand::Remove(a) => run_remove(&node_root(g)?, &cwd, a),
+        KmodCommand::Status(a) => status::run(&node_root(g)?, &cwd, g.json, a),
+        KmodCommand::Unit(a) => unit::run(&cwd, a),
     }
 }
 
 /// `--root`: where the node's `/` is.
 fn node_root(g: &Global) -> Result<Host, CliError> {
     match g.roots.as_slice() {
-        [] => Ok(Host::new("/")),
+        [] => Ok(Host::system()),
         [one] if one.is_dir() => Ok(Host::new(
             std::path::absolute(one).map_err(|e| CliError::Internal(e.into()))?,
         )),
@@ -196,7 +233,19 @@ fn print_note(n: Note) {
     }
 }
 
+/// One line per module a load or unload touched.
+fn print_done(done: &Done) {
+    println!("{done}");
+}
+
 fn run_install(host: &Host, cwd: &Path, a: &InstallArgs) -> CliResult {
+    let o = &a.load_options;
+    let load_options = !o.params.is_empty() || !o.replace_in_tree.is_empty();
+    if load_options && !a.load {
+        return Err(CliError::user(
+            "--param and --replace-in-tree apply to loading: add --load",
+        ));
+    }
     let opts = InstallOptions {
         host,
         release: release(host, &a.kernel_release)?,
@@ -212,11 +261,36 @@ fn run_install(host: &Host, cwd: &Path, a: &InstallArgs) -> CliResult {
         insecure: a.insecure,
     };
     let installed = install(&a.refs, &opts, &print_note).map_err(user)?;
-    // `--load` hooks in here: `node::load` takes `installed` (each entry's
-    // modules in load order, its `modprobe_args()` and `modules_dep()`).
     for i in &installed {
         println!("{}\tinstalled\t{}\t{}", i.name, i.digest, i.dir.display());
-        eprintln!("load with: {}", modprobe_line(i));
+        if !a.load {
+            let names: Vec<&str> = i.modules.iter().map(|m| m.name.as_str()).collect();
+            eprintln!(
+                "load with: composer kmod load {} (or: {})",
+                names.join(" "),
+                modprobe_line(i)
+            );
+        }
+    }
+    if a.load {
+        let lookup = Lookup {
+            host,
+            state_dir: opts.state_dir.clone(),
+            release: opts.release.clone(),
+            base: None,
+        };
+        let req = LoadRequest {
+            modules: installed.iter().flat_map(modules_of).collect(),
+            params: o.params.clone(),
+            replace_in_tree: o.replace_in_tree.clone(),
+        };
+        load_modules(&lookup, &req, &mut print_done).map_err(|e| {
+            let names: Vec<&str> = installed.iter().map(|i| i.name.as_str()).collect();
+            CliError::User(
+                anyhow::Error::new(e)
+                    .context(format!("installed {}, not loaded", names.join(", "))),
+            )
+        })?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -241,74 +315,4 @@ fn run_remove(host: &Host, cwd: &Path, a: &RemoveArgs) -> CliResult {
         println!("{}\tremoved\t{}\t{}", i.name, i.digest, i.dir.display());
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn run_status(host: &Host, cwd: &Path, json: bool, a: &StatusArgs) -> CliResult {
-    let s = status(host, &node_path(cwd, &a.state.state_dir)).map_err(user)?;
-    if json {
-        let text = serde_json::to_string_pretty(&s).map_err(|e| CliError::Internal(e.into()))?;
-        println!("{text}");
-    } else {
-        print!("{}", status_text(&s));
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn status_text(s: &Status) -> String {
-    let mut out = String::new();
-    let kernel = s.running_release.as_deref().unwrap_or("(unknown)");
-    let sig = match s.sig_enforce {
-        Some(true) => "module signatures enforced (sig_enforce=Y)",
-        Some(false) => "module signatures not enforced (sig_enforce=N)",
-        None => "no module signatures",
-    };
-    let taint = match s.tainted {
-        None => "taint unknown".to_string(),
-        Some(0) => "not tainted".to_string(),
-        Some(v) => format!(
-            "tainted {v}: {}",
-            s.taint_flags
-                .iter()
-                .map(|f| format!("{} ({})", f.letter, f.description))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
-    out.push_str(&format!("kernel {kernel}: {sig}; {taint}\n"));
-    if s.images.is_empty() {
-        out.push_str("no images installed\n");
-    }
-    for i in &s.images {
-        let running = if i.running { "" } else { " (not running)" };
-        out.push_str(&format!(
-            "\n{}  {}{running}  {}\n  from {}\n  in {}\n",
-            i.name,
-            i.release,
-            i.digest,
-            i.reference,
-            i.dir.display()
-        ));
-        for m in &i.modules {
-            let mut line = format!("  {:<24} {}", m.name, m.state);
-            if let Some(t) = m.taint.as_deref().filter(|t| !t.is_empty()) {
-                line.push_str(&format!(" (taint {t})"));
-            }
-            if !m.used_by.is_empty() {
-                line.push_str(&format!(", used by {}", m.used_by.join(", ")));
-            }
-            if !m.present {
-                line.push_str(&format!("; {} is missing", m.path.display()));
-            }
-            out.push_str(&line);
-            out.push('\n');
-        }
-        if let Some(d) = &i.firmware_dir {
-            out.push_str(&format!(
-                "  firmware: {} file(s) in {}\n",
-                i.firmware.len(),
-                d.display()
-            ));
-        }
-    }
-    out
 }
