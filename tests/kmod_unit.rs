@@ -172,6 +172,43 @@ fn kmod_unit_writes_a_unit_that_systemd_analyze_verify_accepts() {
     );
     assert_eq!(String::from_utf8_lossy(&o.stdout), text);
 
+    // A local reference is made absolute (the unit runs from /); one
+    // install could not read is refused when the unit is written.
+    let o = common::composer(
+        dir.path(),
+        &[
+            "kmod",
+            "unit",
+            "hello",
+            "oci-archive:images/kmod-${KERNEL_FULL_VERSION}.tar:v1",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!(
+            " kmod install oci-archive:{d}/images/kmod-$${{KERNEL_FULL_VERSION}}.tar:v1 --name hello --load\n"
+        )),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = common::composer(
+        dir.path(),
+        &[
+            "kmod",
+            "unit",
+            "hello",
+            "oci-archive:kmod-${KERNEL}.tar",
+            "-o",
+            "y.service",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unknown variable ${KERNEL}"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!dir.path().join("y.service").exists());
+
     // A name neither systemd nor an image can take: nothing written.
     let o = common::composer(dir.path(), &["kmod", "unit", "a+b", REF, "-o", "x.service"]);
     assert_eq!(o.status.code(), Some(1));

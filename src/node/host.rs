@@ -57,7 +57,7 @@ pub enum Enforcement {
 /// The kernel's modules cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    #[error("{}: {source} (is /proc mounted? loading modules needs it)", path.display())]
+    #[error("{}: {source} (is /proc mounted?)", path.display())]
     Proc {
         path: PathBuf,
         source: std::io::Error,

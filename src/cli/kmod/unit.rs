@@ -16,7 +16,8 @@ multi-user.target) runs `composer kmod install REF --name NAME --load ...` when 
 `composer kmod unload --image NAME` when it stops, like Forklift's and modulus' units.
 ${KERNEL_FULL_VERSION} in REF is written $${KERNEL_FULL_VERSION} so that systemd passes it to
 composer, which replaces it with the release that booted. Arguments are quoted for systemd;
---cert and --kernel files are made absolute. `systemd-analyze verify FILE` accepts the unit.
+a local reference (oci:, oci-archive:, docker-archive:) and --cert, --kernel, --state-dir and
+--cache-dir paths are made absolute. `systemd-analyze verify FILE` accepts the unit.
 
 Examples:
   composer kmod unit hello 'oci-archive:/images/kmod-${KERNEL_FULL_VERSION}.tar' -o /etc/systemd/system/
@@ -47,10 +48,12 @@ pub struct UnitArgs {
     /// A kernel image for `install --kernel`; repeatable.
     #[arg(long = "kernel", value_name = "FILE")]
     pub kernels: Vec<PathBuf>,
-    /// composer's state directory, for install and unload (default theirs).
+    /// composer's state directory for the unit's install and unload
+    /// (default: theirs, /var/lib/composer).
     #[arg(long = "state-dir", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// The image cache, for install (default its).
+    /// The image cache for the unit's install (default: its,
+    /// /var/cache/composer/kmod).
     #[arg(long = "cache-dir", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Allow plain HTTP to the registry.
@@ -62,6 +65,22 @@ pub struct UnitArgs {
 
 fn absolute(cwd: &Path, p: &Path) -> String {
     cwd.join(p).display().to_string()
+}
+
+/// `reference` checked as install will read it (any release), with a
+/// relative local path made absolute: the unit runs from `/`.
+fn reference(cwd: &Path, reference: &str) -> Result<String, CliError> {
+    // The unit's name is checked by `unit`.
+    crate::node::source::reference(reference, "0.0.0", cwd, Some("unit"))
+        .map_err(|e| CliError::User(e.into()))?;
+    for scheme in ["oci:", "oci-archive:", "docker-archive:"] {
+        if let Some(path) = reference.strip_prefix(scheme)
+            && !path.starts_with('/')
+        {
+            return Ok(format!("{scheme}{}", absolute(cwd, Path::new(path))));
+        }
+    }
+    Ok(reference.to_string())
 }
 
 /// The arguments of install and unload.
@@ -105,7 +124,8 @@ pub fn run(cwd: &Path, a: &UnitArgs) -> CliResult {
         install_args,
         unload_args,
     };
-    let text = unit(&a.name, &a.reference, &opts).map_err(|e| CliError::User(e.into()))?;
+    let text = unit(&a.name, &reference(cwd, &a.reference)?, &opts)
+        .map_err(|e| CliError::User(e.into()))?;
     let Some(out) = &a.output else {
         print!("{text}");
         return Ok(ExitCode::SUCCESS);
