@@ -36,7 +36,7 @@ const GENERIC_PARAMS: &[&str] = &["dyndbg", "async_probe"];
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
-        "{}: no modules for kernel {release} there (it has: {}); give the base that holds lib/modules/{release}/, or --kernel-release",
+        "{}: no modules for kernel {release} there (it has: {}); pass --base DIR for DIR/lib/modules/{release}/, or --kernel-release",
         base.display(), if has.is_empty() { "none".to_string() } else { has.join(", ") }
     )]
     NoRelease {
