@@ -95,6 +95,17 @@ fn install_load_with_a_parameter_the_module_lacks_installs_and_says_it_did_not_l
         &["install", "oci-archive:two.tar", "--param", "hello_a.x=1"],
         "--param and --replace-in-tree apply to loading: add --load",
     );
+    refused(
+        &node,
+        &[
+            "install",
+            "oci-archive:two.tar",
+            "--load",
+            "--kernel-release",
+            "6.1.0-1-other",
+        ],
+        "--load loads into the running kernel, and kernel 6.1.0-1-other is not running: install without --load",
+    );
 }
 
 #[test]

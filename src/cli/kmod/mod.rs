@@ -74,7 +74,8 @@ unreachable, archive gone, --offline), the cached copy is used, and said.
 --load then loads every module of the images as `composer kmod load` does (dependencies first,
 the kernel's own calls, a module already loaded from the same build left alone), after
 unloading the in-tree modules --replace-in-tree names; --param MODULE.KEY=VALUE must name a
-parameter the module declares. When loading is refused, the images stay installed.
+parameter the module declares. When loading is refused, the images stay installed. --load is
+for the running kernel only (not with another --kernel-release).
 
 Examples:
   composer kmod install 'registry.example.com/kmods/hello-kmod:${KERNEL_FULL_VERSION}' --load
@@ -246,9 +247,15 @@ fn run_install(host: &Host, cwd: &Path, a: &InstallArgs) -> CliResult {
             "--param and --replace-in-tree apply to loading: add --load",
         ));
     }
+    let release = release(host, &a.kernel_release)?;
+    if a.load && host.running_release().ok().as_deref() != Some(release.as_str()) {
+        return Err(CliError::user(format!(
+            "--load loads into the running kernel, and kernel {release} is not running: install without --load"
+        )));
+    }
     let opts = InstallOptions {
         host,
-        release: release(host, &a.kernel_release)?,
+        release,
         state_dir: node_path(cwd, &a.state.state_dir),
         cache_dir: node_path(cwd, &a.cache_dir),
         certs: a.certs.iter().map(|c| cwd.join(c)).collect(),
