@@ -395,10 +395,28 @@ fn cli_refuses_an_unknown_module_naming_a_close_one() {
 
 // ---- Debian's kernel under QEMU (guest.rs) ---------------------------------
 
+/// The guest's steps, on the trees at `/<name>`.
+const SCENARIO: &str = "\
+step missing-dep composer kmod load hello_user --base /user-only
+step load composer kmod load hello_user --base /opt
+step again composer kmod load hello-user --base /opt
+step held composer kmod unload hello_pcie --base /pcie-only
+step other-build composer kmod load hello_pcie --base /other
+step replace-held composer kmod load hello_pcie --base /other --replace-in-tree hello_pcie
+step unload composer kmod unload hello_pcie --base /opt
+step unload-again composer kmod unload hello_pcie --base /opt
+step param-unknown composer kmod load dummy --base /opt --param dummy.nosuch=1
+step param-bad composer kmod load dummy --base /opt --param dummy.numdummies=many
+step param composer kmod load dummy --base /opt --param dummy.numdummies=3
+step netdevs ls /sys/class/net
+step replace composer kmod load hello_user --base /xz --replace-in-tree dummy
+step netdevs-after ls /sys/class/net
+";
+
 #[test]
 fn on_debians_kernel_modules_load_in_dependency_order_and_unload_dependants_first() {
     let t = trees();
-    let steps = boot(t.dir.path(), &t.release, "");
+    let steps = boot(t.dir.path(), &t.release, "", SCENARIO);
 
     expect(
         &steps,
@@ -517,7 +535,8 @@ fn under_sig_enforce_an_unsigned_module_is_refused_in_plain_words() {
     let steps = boot(
         t.dir.path(),
         &t.release,
-        "module.sig_enforce=1 kmodtest=enforce",
+        "module.sig_enforce=1",
+        "step enforce composer kmod load hello_user --base /opt\n",
     );
     expect(
         &steps,

@@ -143,12 +143,23 @@ impl Index {
         let name = normalize(name);
         self.entries
             .get(&name)
-            .ok_or_else(|| LoadError::UnknownModule {
-                files: self.files.clone(),
-                hint: crate::diag::suggest(&name, self.entries.keys().map(String::as_str))
-                    .map(str::to_string),
-                name,
-            })
+            .ok_or_else(|| self.unknown(&name, std::iter::empty()))
+    }
+
+    /// Fails on the first of `names` the index does not list.
+    pub fn check(&self, names: &[String]) -> Result<(), LoadError> {
+        names.iter().try_for_each(|n| self.get(n).map(|_| ()))
+    }
+
+    /// `name` is not listed: the error, suggesting the closest of the
+    /// index's names and `others`.
+    pub fn unknown<'a>(&'a self, name: &str, others: impl Iterator<Item = &'a str>) -> LoadError {
+        let names = self.entries.keys().map(String::as_str).chain(others);
+        LoadError::UnknownModule {
+            files: self.files.clone(),
+            hint: crate::diag::suggest(name, names).map(str::to_string),
+            name: name.to_string(),
+        }
     }
 
     /// The modules to load for `name`, first to last: its dependencies in

@@ -61,7 +61,7 @@ pub enum LoadError {
         line: usize,
         why: String,
     },
-    #[error("{}: no module `{name}`{}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "), hint.as_ref().map(|h| format!("; did you mean `{h}`?")).unwrap_or_default())]
+    #[error("{}{}", unknown_text(files, name), hint.as_ref().map(|h| format!("; did you mean `{h}`?")).unwrap_or_default())]
     UnknownModule {
         files: Vec<PathBuf>,
         name: String,
@@ -109,6 +109,16 @@ pub enum LoadError {
     Unload { name: String, source: KernelError },
     #[error(transparent)]
     Host(#[from] HostError),
+}
+
+fn unknown_text(files: &[PathBuf], name: &str) -> String {
+    if files.is_empty() {
+        return format!(
+            "no module `{name}`: the kernel has none of that name, and no modules.dep is there for its release"
+        );
+    }
+    let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    format!("{}: no module `{name}`", files.join(", "))
 }
 
 /// `--param MODULE.KEY=VALUE`.

@@ -4,13 +4,17 @@
 //! [`Snapshot`](super::Snapshot) of the kernel, a plan, then the kernel's
 //! calls. `--image NAME` stands for the modules of an installed image.
 //!
+//! An unload needs no module directory: without one for the release (and
+//! no `--base`), the kernel's list of loaded modules is enough.
+//!
 //! Invariant: every check (unknown module, parameter, holder) is made
-//! before the first call to the kernel.
+//! before the first call to the kernel; a load's unknown name is said
+//! before the kernel's state is read.
 
 use std::path::{Path, PathBuf};
 
-use super::index::node_index;
-use super::load::{Done, LoadRequest, load, plan_load};
+use super::index::{Index, node_index};
+use super::load::{Done, LoadError, LoadRequest, load, plan_load};
 use super::state::{Installed, State};
 use super::unload::{plan_unload, unload};
 use super::{Host, NodeError};
@@ -34,6 +38,7 @@ pub fn load_modules(
     report: &mut dyn FnMut(&Done),
 ) -> Result<(), NodeError> {
     let index = node_index(l.host, &l.state_dir, &l.release, l.base.as_deref())?;
+    index.check(&req.modules)?;
     let snap = l.host.snapshot(&l.release)?;
     let plan = plan_load(&index, &snap, req)?;
     load(l.host, &plan, report)?;
@@ -53,7 +58,16 @@ pub fn unload_modules(
         let state = State::read(l.host, &l.state_dir)?;
         all.extend(image_modules(&state, &l.release, images, &l.state_dir)?);
     }
-    let index = node_index(l.host, &l.state_dir, &l.release, l.base.as_deref())?;
+    let index = match node_index(l.host, &l.state_dir, &l.release, l.base.as_deref()) {
+        // No module directory for the release: the kernel's own list is
+        // enough to unload what it has.
+        Err(NodeError::Load(LoadError::NoRelease { .. } | LoadError::NoIndex { .. }))
+            if l.base.is_none() =>
+        {
+            Index::merge(Vec::new())
+        }
+        r => r?,
+    };
     let snap = l.host.snapshot(&l.release)?;
     let plan = plan_unload(&index, &snap, &all)?;
     unload(l.host, &plan, report)?;

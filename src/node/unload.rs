@@ -47,7 +47,7 @@ pub fn plan_unload(
         // A module the kernel has is unloaded even when no index lists it
         // any more (its image removed); otherwise an unknown name is a typo.
         if !index.has(&n) && !matches!(state, State::Loaded(_)) {
-            index.get(&n)?;
+            return Err(index.unknown(&n, snap.loaded.keys().map(String::as_str)));
         }
         match state {
             State::Absent => plan.not_loaded.push(n),
@@ -255,6 +255,19 @@ mod tests {
         ]);
         let e = plan_unload(&index(), &s, &names(&["gone"])).unwrap_err();
         assert!(e.to_string().starts_with("gone is in use by user"), "{e}");
+    }
+
+    #[test]
+    fn without_any_index_the_kernels_list_is_enough_and_typos_are_answered() {
+        let none = Index::merge(Vec::new());
+        let s = snap(&["hello_pcie 16384 0 - Live 0x0 (OE)"]);
+        let p = plan_unload(&none, &s, &names(&["hello-pcie"])).unwrap();
+        assert_eq!(p.remove, ["hello_pcie"]);
+        let e = plan_unload(&none, &s, &names(&["hello_pci"])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no module `hello_pci`: the kernel has none of that name, and no modules.dep is there for its release; did you mean `hello_pcie`?"
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! Debian's cloud kernel under QEMU (TCG) for `kmod_load.rs`: an
-//! initramfs of a directory (the module trees), busybox, composer with the
-//! shared libraries it needs (`ldd`) and an /init that runs a scenario of
-//! named steps, printing each one's output, exit status and the modules
-//! loaded after it; the steps as the console showed them.
+//! Debian's cloud kernel under QEMU (TCG) for `kmod_load.rs` and
+//! `kmod_node.rs`: an initramfs of a directory (module trees, images),
+//! busybox, composer with the shared libraries it needs (`ldd`) and an
+//! /init that runs a scenario of named steps (`step NAME COMMAND...`),
+//! printing each one's output, exit status and the modules loaded after
+//! it; the steps as the console showed them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,10 +13,10 @@ use crate::common::{self, debian, run};
 
 const PREFIX: &str = "KMOD-LOAD: ";
 
-/// The guest's /init: runs the scenario the kernel command line names,
-/// printing each step's output, exit status and the modules loaded after it
-/// (oldest first).
-const INIT: &str = r#"#!/bin/busybox sh
+/// The guest's /init begins with this: `step NAME COMMAND...` runs a
+/// command, printing its output, exit status and the modules loaded after
+/// it (oldest first).
+const INIT_HEAD: &str = r#"#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /tmp
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
@@ -35,25 +36,10 @@ step() {
   for m in $(tac /proc/modules | cut -d' ' -f1); do mods="$mods $m"; done
   echo "KMOD-LOAD: end $name rc=$rc modules:$mods"
 }
-if grep -q kmodtest=enforce /proc/cmdline; then
-  step enforce composer kmod load hello_user --base /opt
-else
-  step missing-dep composer kmod load hello_user --base /user-only
-  step load composer kmod load hello_user --base /opt
-  step again composer kmod load hello-user --base /opt
-  step held composer kmod unload hello_pcie --base /pcie-only
-  step other-build composer kmod load hello_pcie --base /other
-  step replace-held composer kmod load hello_pcie --base /other --replace-in-tree hello_pcie
-  step unload composer kmod unload hello_pcie --base /opt
-  step unload-again composer kmod unload hello_pcie --base /opt
-  step param-unknown composer kmod load dummy --base /opt --param dummy.nosuch=1
-  step param-bad composer kmod load dummy --base /opt --param dummy.numdummies=many
-  step param composer kmod load dummy --base /opt --param dummy.numdummies=3
-  step netdevs ls /sys/class/net
-  step replace composer kmod load hello_user --base /xz --replace-in-tree dummy
-  step netdevs-after ls /sys/class/net
-fi
-echo "KMOD-LOAD: done"
+"#;
+
+/// What the /init ends with.
+const INIT_TAIL: &str = r#"echo "KMOD-LOAD: done"
 sync
 poweroff -f
 "#;
@@ -83,7 +69,7 @@ fn libraries(binary: &Path) -> Vec<PathBuf> {
 
 /// The initramfs: the trees at `/<name>`, busybox, composer (stripped)
 /// and its libraries, the /init above.
-fn initramfs(root: &Path) -> PathBuf {
+fn initramfs(root: &Path, scenario: &str) -> PathBuf {
     let busybox = PathBuf::from("/bin/busybox");
     let static_bb = Command::new("ldd").arg(&busybox).output().unwrap();
     assert!(
@@ -101,7 +87,11 @@ fn initramfs(root: &Path) -> PathBuf {
     for lib in libraries(composer) {
         copy_in(root, &lib);
     }
-    std::fs::write(root.join("init"), INIT).unwrap();
+    std::fs::write(
+        root.join("init"),
+        format!("{INIT_HEAD}{scenario}{INIT_TAIL}"),
+    )
+    .unwrap();
     run(Command::new("chmod").arg("755").arg(root.join("init")));
     let image = root.with_extension("initramfs.gz");
     common::sh(
@@ -128,9 +118,15 @@ impl GuestStep {
     }
 }
 
-/// Boots Debian's kernel with the trees; the steps by name.
-pub fn boot(root: &Path, release: &str, append: &str) -> BTreeMap<String, GuestStep> {
-    let image = initramfs(root);
+/// Boots Debian's kernel with `root` as the initramfs running `scenario`
+/// (shell lines of `step`s); the steps by name.
+pub fn boot(
+    root: &Path,
+    release: &str,
+    append: &str,
+    scenario: &str,
+) -> BTreeMap<String, GuestStep> {
+    let image = initramfs(root, scenario);
     let kernel = debian::image(release)
         .join("boot")
         .join(format!("vmlinuz-{release}"));
