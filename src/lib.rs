@@ -12,7 +12,7 @@
 //!   → validation (named rules over a rootfs or an image)             validate/
 //!   → outputs (layers, OCI images, extension and kmod images, push)   output/
 //!   → installer (extensions into a base installer's initramfs)        installer/
-//!   → node (module images verified and installed on a running node)   node/
+//!   → node (images verified, installed, loaded in order; a boot unit) node/
 //! CLI: a thin layer over the library; it parses, calls, prints.        cli/
 //! ```
 //!
