@@ -16,11 +16,13 @@ COMPOSER := target/release/composer
 # its static /init). zstd: the pack benchmark and the demo base installer.
 # squashfs-tools, cpio: the installer (extension squashfs images; the demo
 # base installer's initramfs). shellcheck: actionlint runs it over the
-# workflows' run: scripts.
+# workflows' run: scripts. systemd: `systemd-analyze verify` and `systemd
+# --test` read the unit `composer kmod unit` writes (tests/kmod_unit.rs); a
+# container image may lack it.
 APT_PACKAGES := linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev kmod \
                 gcc-aarch64-linux-gnu ccache bubblewrap hyperfine umoci skopeo podman runc \
                 docker-registry zstd openssl qemu-system-x86 busybox-static squashfs-tools cpio \
-                qemu-system-arm libc6-dev-arm64-cross shellcheck
+                qemu-system-arm libc6-dev-arm64-cross shellcheck systemd
 
 .PHONY: setup demo test bench release
 

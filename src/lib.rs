@@ -12,6 +12,7 @@
 //!   → validation (named rules over a rootfs or an image)             validate/
 //!   → outputs (layers, OCI images, extension and kmod images, push)   output/
 //!   → installer (extensions into a base installer's initramfs)        installer/
+//!   → node (images verified, installed, loaded in order; a boot unit) node/
 //! CLI: a thin layer over the library; it parses, calls, prints.        cli/
 //! ```
 //!
@@ -29,6 +30,7 @@ pub mod diag;
 pub mod exec;
 pub mod graph;
 pub mod installer;
+pub mod node;
 pub mod oci;
 pub mod output;
 pub mod scaffold;

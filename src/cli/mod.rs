@@ -12,6 +12,7 @@ mod foreign;
 mod graph;
 mod image_installer;
 mod images;
+mod kmod;
 mod matrix;
 mod new;
 mod pack;
@@ -76,6 +77,7 @@ pub struct Global {
     /// A definition root (a directory with a Pkgfile and pkg.yaml files).
     /// Repeat for several roots in one graph. Default: `pkgs` and
     /// `extensions` when they exist in the current directory, else `.`.
+    /// For `composer kmod`: where the node's / is (default /).
     #[arg(long = "root", global = true, value_name = "DIR")]
     pub roots: Vec<PathBuf>,
     /// More detail (repeat for more).
@@ -183,6 +185,11 @@ pub enum Command {
         after_help = "Examples:\n  composer image-installer --base-installer-image oci:_out/images/installer-base:6.1 \\\n      --system-extension-image oci:_out/images/hello:1.0.0\n  composer image-installer --arch amd64 --base-installer-image 127.0.0.1:5000/installer-base:6.1 \\\n      --system-extension-image 127.0.0.1:5000/hello:1.0.0 --insecure -o installer.tar\n  composer image-installer ... --talos-version v1.9.0 --push 127.0.0.1:5000/installer:v1 --insecure\n  composer image-installer ... --push 127.0.0.1:5000/installer:v1 --insecure --overwrite-existing\n\nWrites _out/installer-<arch>.tar (podman load -i / docker load -i). Each extension is validated\n(module signatures against the base kernel's certificates); nothing is written when one fails.\nNeeds squashfs-tools and kmod (depmod). SOURCE_DATE_EPOCH sets every timestamp."
     )]
     ImageInstaller(image_installer::ImageInstallerArgs),
+    /// On the node: install module images for the running kernel (verified first), load and unload their modules in order, remove them, show their state, write a boot unit.
+    #[command(
+        after_help = "Examples:\n  composer kmod install 'registry.example.com/kmods/hello-kmod:${KERNEL_FULL_VERSION}' --load\n  composer kmod install 'oci-archive:/images/kmod-${KERNEL_FULL_VERSION}.tar' --cert /etc/mok.pem\n  composer kmod load hello_user\n  composer kmod unload hello_pcie\n  composer kmod status --json\n  composer kmod remove hello-kmod\n  composer kmod unit hello 'oci-archive:/images/kmod-${KERNEL_FULL_VERSION}.tar' -o /etc/systemd/system/\n  composer kmod install --help"
+    )]
+    Kmod(kmod::KmodArgs),
 }
 
 /// Runs the parsed command line.
@@ -204,6 +211,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Rules(a) => rules::run(g, a),
         Command::Sbom(a) => sbom::run(g, a),
         Command::ImageInstaller(a) => image_installer::run(a),
+        Command::Kmod(a) => kmod::run(g, a),
     }
 }
 

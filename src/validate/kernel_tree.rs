@@ -70,6 +70,8 @@ pub struct KernelTree {
     pub vermagic: String,
     /// Every exported symbol, by name.
     pub exports: HashMap<String, Export>,
+    /// Where the exports were read, for messages (`<dir>/Module.symvers`).
+    pub exports_from: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +158,7 @@ impl KernelTree {
             release,
             vermagic,
             exports,
+            exports_from: symvers.display().to_string(),
         })
     }
 

@@ -134,8 +134,7 @@ pub fn unresolved(
         let Some(export) = siblings.get(sym).or_else(|| kernel.export(sym)) else {
             problems.push(format!(
                 "uses symbol `{sym}`, which neither kernel {} ({}) nor any module in {beside} exports: the kernel refuses the module (Unknown symbol)",
-                kernel.release,
-                kernel.dir.join("Module.symvers").display()
+                kernel.release, kernel.exports_from
             ));
             continue;
         };
@@ -204,6 +203,7 @@ mod tests {
             release: "6.1.0".into(),
             vermagic: "6.1.0 SMP ".into(),
             exports: exports.map(|(k, v)| (k.to_string(), v)).into(),
+            exports_from: "/k/Module.symvers".into(),
         }
     }
 

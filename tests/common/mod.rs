@@ -2,11 +2,12 @@
 //! directory, and running the real `composer` binary on it; `demo` for the
 //! bundled demo tree, `debian` for Debian's kernels, `registry` for a real
 //! registry, `scaffold` for `composer new`, `kmod` for module stages without
-//! a kernel.
+//! a kernel, `node` for `composer kmod`.
 
 pub mod debian;
 pub mod demo;
 pub mod kmod;
+pub mod node;
 pub mod registry;
 pub mod scaffold;
 
