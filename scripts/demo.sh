@@ -3,7 +3,8 @@
 #   validate → graph → build the kernel, the fixture module, the real HailoRT
 #   driver, their extensions and the base installer in one signing session →
 #   verify every module against the built kernel → image-installer →
-#   boot-check (QEMU, module.sig_enforce=1: hello_pcie and hailo_pci must load);
+#   boot-check (QEMU, module.sig_enforce=1: hello_pcie, hello_user and hailo_pci
+#   must load);
 #   then the same modules for kernels composer does not build: Debian 12's two
 #   newest cloud kernels (scripts/debian-kernel.sh fetches their packages with
 #   apt), one KMM image per release signed with a demo MOK key, each booted on
@@ -71,7 +72,7 @@ set -x
   --system-extension-image "oci:${out}/images/hello:$(tag hello)" \
   --system-extension-image "oci:${out}/images/hailort:$(tag hailort)" \
   --output "${out}/installer-amd64.tar"
-scripts/boot-check.sh "${out}/installer-amd64.tar" --expect hello_pcie --expect hailo_pci
+scripts/boot-check.sh "${out}/installer-amd64.tar" --expect hello_pcie --expect hello_user --expect hailo_pci
 set +x
 
 # Modules for kernels composer does not build: Debian's, one KMM image per

@@ -130,7 +130,7 @@ fn demo_tree_cross_compiles_for_arm64_and_its_module_verifies_and_loads() {
     let (ok, text) = verify(p.path(), &["_out/hello-module", "--cert", "other.pem"]);
     assert!(!ok, "{text}");
     assert!(
-        text.contains("hello_pcie.ko") && text.contains("1 not"),
+        text.contains("hello_pcie.ko") && text.contains("hello_user.ko") && text.contains("2 not"),
         "{text}"
     );
 

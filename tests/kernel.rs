@@ -7,7 +7,8 @@
 //! warm; the first run compiles the kernel (minutes). The demo chain is one
 //! test function:
 //! the steps share one expensive build, and the installer built from it
-//! boots too (tests/kernel/installer.rs). A second test takes the real
+//! boots too (tests/kernel/installer.rs), and its KMM image installs and
+//! loads on a node booted from it (tests/kernel/node.rs). A second test takes the real
 //! HailoRT driver through the same chain (tests/kernel/hailort.rs).
 
 mod common;
@@ -15,6 +16,8 @@ mod common;
 mod hailort;
 #[path = "kernel/installer.rs"]
 mod installer;
+#[path = "kernel/node.rs"]
+mod node;
 
 use common::demo::{copy_project, digest_args, modinfo, release};
 
@@ -124,6 +127,7 @@ fn demo_tree_builds_kernel_and_module_then_caches_and_rebuilds_only_the_session(
 
     extension_and_kmod_images(p.path(), &rel);
     installer::installer_end_to_end(p.path(), &rel);
+    node::node_end_to_end(p.path(), &rel);
 
     // Nothing changed: everything is cached.
     let (_, e) = build(

@@ -21,17 +21,15 @@
 //! The boot unit is proven in `kmod_unit.rs`.
 
 mod common;
-#[path = "kmod_load/guest.rs"]
-mod guest;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::guest::{boot, expect, ours, step};
 use common::{debian, run};
 use composer::node::Host;
 use composer::node::index::Index;
 use composer::node::load::{Done, Kept, LoadRequest, Step, plan_load};
-use guest::{boot, expect, ours, step};
 use tempfile::TempDir;
 
 /// A second build of `hello_pcie`: another source, so another srcversion.
@@ -416,7 +414,7 @@ step netdevs-after ls /sys/class/net
 #[test]
 fn on_debians_kernel_modules_load_in_dependency_order_and_unload_dependants_first() {
     let t = trees();
-    let steps = boot(t.dir.path(), &t.release, "", SCENARIO);
+    let steps = boot(t.dir.path(), &debian::vmlinuz(&t.release), "", SCENARIO);
 
     expect(
         &steps,
@@ -534,7 +532,7 @@ fn under_sig_enforce_an_unsigned_module_is_refused_in_plain_words() {
     let t = trees();
     let steps = boot(
         t.dir.path(),
-        &t.release,
+        &debian::vmlinuz(&t.release),
         "module.sig_enforce=1",
         "step enforce composer kmod load hello_user --base /opt\n",
     );

@@ -17,13 +17,11 @@
 //!   a holder outside the request).
 
 mod common;
-#[path = "kmod_load/guest.rs"]
-mod guest;
 
 use std::path::Path;
 
 use common::debian;
-use guest::{boot, expect, ours, step};
+use common::guest::{boot, expect, ours, step};
 
 const SCENARIO: &str = "\
 step install composer kmod install 'oci-archive:/images/kmod-${KERNEL_FULL_VERSION}.tar' --load
@@ -68,7 +66,7 @@ fn install_load_on_debians_kernel_picks_the_running_release_and_works_from_the_c
     kmm_image(&root, new);
     kmm_image(&root, old);
     let scenario = SCENARIO.replace("NEW", new).replace("OLD", old);
-    let steps = boot(&root, new, "", &scenario);
+    let steps = boot(&root, &debian::vmlinuz(new), "", &scenario);
 
     let own = format!("/var/lib/composer/modules/lib/modules/{new}/updates/composer/kmod");
     expect(

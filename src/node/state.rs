@@ -156,9 +156,23 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
     Ok(())
 }
 
-/// An exclusive lock on the state directory, held while it lives.
+/// An exclusive lock on the state directory, held while it lives: an
+/// `flock` on `<dir>/lock`, or, on a kernel built without file locking
+/// (`CONFIG_FILE_LOCKING` off: `flock` answers ENOSYS, as on minimal
+/// kernels), the file `<dir>/lock.pid` created exclusively, holding the
+/// owner's pid, and removed when the lock is dropped; one whose process is
+/// gone is taken over.
 pub struct Lock {
     _file: std::fs::File,
+    pid_file: Option<PathBuf>,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if let Some(p) = &self.pid_file {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 /// Waits for the lock of `dir` (a host path, created when missing).
@@ -171,13 +185,57 @@ pub fn lock(dir: &Path) -> Result<Lock, NodeError> {
         .write(true)
         .open(&path)
         .map_err(io(&path))?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
-        NodeError::Io {
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive) {
+        Ok(()) => Ok(Lock {
+            _file: file,
+            pid_file: None,
+        }),
+        Err(rustix::io::Errno::NOSYS) => {
+            let pid_file = pid_lock(&dir.join("lock.pid"))?;
+            Ok(Lock {
+                _file: file,
+                pid_file: Some(pid_file),
+            })
+        }
+        Err(e) => Err(NodeError::Io {
             path,
             source: e.into(),
+        }),
+    }
+}
+
+/// Creates `path` exclusively with this process's pid, waiting while
+/// another live process holds it and replacing it when its process is
+/// gone.
+fn pid_lock(path: &Path) -> Result<PathBuf, NodeError> {
+    loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+        {
+            Ok(mut f) => {
+                use std::io::Write;
+                f.write_all(std::process::id().to_string().as_bytes())
+                    .map_err(io(path))?;
+                return Ok(path.to_path_buf());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let owner = std::fs::read_to_string(path).unwrap_or_default();
+                let alive = owner
+                    .trim()
+                    .parse::<u32>()
+                    .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+                if alive {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                } else {
+                    // Its owner is gone (or never wrote its pid): stale.
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            Err(e) => return Err(io(path)(e)),
         }
-    })?;
-    Ok(Lock { _file: file })
+    }
 }
 
 /// The node's modules and kernel, for `composer kmod status`.
@@ -291,4 +349,28 @@ pub fn status(host: &Host, state_dir: &Path) -> Result<Status, NodeError> {
         tainted,
         images,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pid_lock_whose_owner_is_gone_is_taken_over_and_removed_when_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("lock.pid");
+        // No process has this pid (above the kernel's pid_max limit).
+        std::fs::write(&path, "4194305").unwrap();
+        let taken = pid_lock(&path).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&taken).unwrap(),
+            std::process::id().to_string()
+        );
+        let lock = Lock {
+            _file: std::fs::File::open(&taken).unwrap(),
+            pid_file: Some(taken.clone()),
+        };
+        drop(lock);
+        assert!(!taken.exists());
+    }
 }

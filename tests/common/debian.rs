@@ -185,6 +185,13 @@ pub fn image(release: &str) -> PathBuf {
     dest
 }
 
+/// `release`'s kernel image (`vmlinuz-<release>`), to boot.
+pub fn vmlinuz(release: &str) -> PathBuf {
+    image(release)
+        .join("boot")
+        .join(format!("vmlinuz-{release}"))
+}
+
 /// The fixture's two modules built against a release; copy them before
 /// changing them (other tests use the same files).
 pub struct Fixture {

@@ -2,10 +2,12 @@
 //! directory, and running the real `composer` binary on it; `demo` for the
 //! bundled demo tree, `debian` for Debian's kernels, `registry` for a real
 //! registry, `scaffold` for `composer new`, `kmod` for module stages without
-//! a kernel, `node` for `composer kmod`.
+//! a kernel, `node` for `composer kmod`, `guest` for `composer kmod` on a
+//! kernel booted under QEMU.
 
 pub mod debian;
 pub mod demo;
+pub mod guest;
 pub mod kmod;
 pub mod node;
 pub mod registry;

@@ -299,3 +299,22 @@ pub fn refused(node: &Node, args: &[&str], message: &str) {
     );
     assert_eq!(node.snapshot(), before, "{args:?}: the node changed");
 }
+
+/// A KMM-layout image of one signed module `hello` for `release`.
+pub fn hello_image(node: &Node, keys: &Keys, file: &str, release: &str, greeting: &str) -> String {
+    let m = ko(
+        &node.work(),
+        "hello",
+        &vermagic(release),
+        &[greeting],
+        &["printk"],
+        &[],
+    );
+    node.image(
+        file,
+        &[(
+            format!("opt/lib/modules/{release}/extra/hello.ko"),
+            keys.sign(&m),
+        )],
+    )
+}

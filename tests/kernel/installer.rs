@@ -140,20 +140,26 @@ pub fn installer_end_to_end(project: &Path, rel: &str) {
         "composer-init: layer 1.sqsh mounted",
         "composer-init: extension hello",
         "composer-init: module hello_pcie loaded",
+        "composer-init: module hello_user loaded",
         "composer-init: boot check passed",
     ] {
         assert!(console.contains(line), "missing `{line}`:\n{console}");
     }
     assert!(console.contains("sig_enforce=Y"), "{console}");
-    let check = boot_check(project, "_out/installer-amd64.tar", &["hello_pcie"]);
+    let check = boot_check(
+        project,
+        "_out/installer-amd64.tar",
+        &["hello_pcie", "hello_user"],
+    );
     assert!(
         check.status.success(),
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
     assert!(
-        String::from_utf8_lossy(&check.stdout)
-            .contains("extension module(s) hello_pcie loaded under module.sig_enforce=1"),
+        String::from_utf8_lossy(&check.stdout).contains(
+            "extension module(s) hello_pcie,hello_user loaded under module.sig_enforce=1"
+        ),
         "{}",
         String::from_utf8_lossy(&check.stdout)
     );

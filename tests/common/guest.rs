@@ -1,15 +1,17 @@
-//! Debian's cloud kernel under QEMU (TCG) for `kmod_load.rs` and
-//! `kmod_node.rs`: an initramfs of a directory (module trees, images),
+//! A kernel under QEMU (TCG) for the node's tests (Debian's cloud kernel
+//! in `kmod_load.rs` and `kmod_node.rs`, the demo kernel in
+//! `kernel/node.rs`): an initramfs of a directory (module trees, images),
 //! busybox, composer with the shared libraries it needs (`ldd`) and an
 //! /init that runs a scenario of named steps (`step NAME COMMAND...`),
 //! printing each one's output, exit status and the modules loaded after
 //! it; the steps as the console showed them.
+#![allow(dead_code)] // not every test binary uses every helper
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::common::{self, debian, run};
+use crate::common::{self, run};
 
 const PREFIX: &str = "KMOD-LOAD: ";
 
@@ -104,6 +106,9 @@ fn initramfs(root: &Path, scenario: &str) -> PathBuf {
     image
 }
 
+/// The steps of a scenario, by name.
+pub type Steps = BTreeMap<String, GuestStep>;
+
 /// One step of the guest's scenario.
 #[derive(Debug, Default)]
 pub struct GuestStep {
@@ -118,23 +123,20 @@ impl GuestStep {
     }
 }
 
-/// Boots Debian's kernel with `root` as the initramfs running `scenario`
-/// (shell lines of `step`s); the steps by name.
+/// Boots the x86_64 `kernel` image with `root` as the initramfs running
+/// `scenario` (shell lines of `step`s); the steps by name.
 pub fn boot(
     root: &Path,
-    release: &str,
+    kernel: &Path,
     append: &str,
     scenario: &str,
 ) -> BTreeMap<String, GuestStep> {
     let image = initramfs(root, scenario);
-    let kernel = debian::image(release)
-        .join("boot")
-        .join(format!("vmlinuz-{release}"));
     let out = Command::new("timeout")
         .args(["-k", "10", "900", "qemu-system-x86_64", "-accel", "tcg"])
         .args(["-m", "512", "-smp", "1", "-nographic", "-no-reboot"])
         .arg("-kernel")
-        .arg(&kernel)
+        .arg(kernel)
         .arg("-initrd")
         .arg(&image)
         .arg("-append")
