@@ -137,6 +137,7 @@ fn demo_tree_cross_compiles_for_arm64_and_its_module_verifies_and_loads() {
     // The kernel agrees: boot it and load each variant of the module.
     let console = boot_with_module_variants(&o.join("kernel/boot/vmlinuz"), &ko);
     common::demo::assert_module_variants(&console);
+    common::demo::assert_builtin_keys(&console, &o.join("kernel/boot/signing_key.x509"));
 
     // Nothing changed: everything is cached.
     let (_, e) = build(p.path(), &["-v", "kernel", "hello-module"]);
@@ -144,7 +145,8 @@ fn demo_tree_cross_compiles_for_arm64_and_its_module_verifies_and_loads() {
 }
 
 /// The test's `/init`: loads four copies of the module with finit_module,
-/// prints one `RESULT` line each and /proc/modules, then powers off.
+/// prints one `RESULT` line each, /proc/modules and /proc/keys (each line
+/// as `KEYS <line>`), then powers off.
 const INIT_C: &str = r#"
 #include <errno.h>
 #include <fcntl.h>
@@ -172,6 +174,9 @@ int main(void) {
     FILE *f = fopen("/proc/modules", "r");
     while (f && fgets(line, sizeof line, f))
         fputs(line, stdout);
+    f = fopen("/proc/keys", "r");
+    while (f && fgets(line, sizeof line, f))
+        printf("KEYS %s", line);
     fflush(stdout);
     sync();
     reboot(RB_POWER_OFF);

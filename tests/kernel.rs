@@ -119,6 +119,7 @@ fn demo_tree_builds_kernel_and_module_then_caches_and_rebuilds_only_the_session(
     // The kernel agrees: boot it and load each variant of the module.
     let console = boot_with_module_variants(&o.join("kernel/boot/vmlinuz"), &ko);
     common::demo::assert_module_variants(&console);
+    common::demo::assert_builtin_keys(&console, &cert);
 
     assert!(
         stdout.contains("installer-base\timage\toci:_out/images/installer-base:6.1\tsha256:"),
@@ -129,6 +130,8 @@ fn demo_tree_builds_kernel_and_module_then_caches_and_rebuilds_only_the_session(
     installer::installer_end_to_end(p.path(), &rel);
     node::node_end_to_end(p.path(), &rel);
 
+    no_private_key_in_the_cache();
+    let old_cert = fs::read(&cert).unwrap();
     // Nothing changed: everything is cached.
     let (_, e) = build(
         p.path(),
@@ -137,8 +140,8 @@ fn demo_tree_builds_kernel_and_module_then_caches_and_rebuilds_only_the_session(
     assert!(e.contains("built 0 stage(s), 6 cached"), "{e}");
 
     // The module's source changes: it rebuilds, and with it its signing
-    // session (the kernel relinks with a new certificate); the unpacked
-    // source is reused.
+    // session: the kernel stage writes the new certificate into the kernel
+    // compiled once (kernel-build is reused, nothing of it recompiles).
     let c = p
         .path()
         .join("fixtures/hello-module/linux/pcie/hello_pcie.c");
@@ -160,8 +163,82 @@ fn demo_tree_builds_kernel_and_module_then_caches_and_rebuilds_only_the_session(
         e.contains("file /pkg/src/linux/pcie/hello_pcie.c changed"),
         "the miss is explained: {e}"
     );
-    assert!(e.contains("built 5 stage(s), 1 cached"), "{e}");
+    assert!(e.contains("kernel-build: cached"), "{e}");
+    assert!(e.contains("built 4 stage(s), 2 cached"), "{e}");
     assert_eq!(release(&o), rel);
+    // The new kernel trusts the new session's certificate, and only it.
+    let new_cert = fs::read(o.join("kernel/boot/signing_key.x509")).unwrap();
+    assert_ne!(new_cert, old_cert, "a new session, a new certificate");
+    let v = common::composer(
+        p.path(),
+        &[
+            "verify",
+            "_out/hello-module",
+            "--kernel",
+            "_out/kernel/boot/vmlinuz",
+        ],
+    );
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+}
+
+/// The kernel was compiled with no key: its build tree (kernel-build's
+/// entry, in the cache with every other stage; `CONFIG_MODULE_SIG_KEY=""`) has no `signing_key.pem`
+/// or `x509.genkey` anywhere and an empty `certs/signing_key.x509`; no file
+/// of `certs/`, and none of any other stage's output, holds a PEM private
+/// key or the DER start of a PKCS#8 EC or RSA private key (version 0, then
+/// the algorithm). (The kernel's sources themselves ship a test key,
+/// tools/testing/selftests/sgx/sign_key.pem, which is why the rest of the
+/// source tree is not grepped.)
+fn no_private_key_in_the_cache() {
+    let stages = cache_dir().join("stages");
+    let trees: Vec<PathBuf> = fs::read_dir(&stages)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("out/src"))
+        .filter(|src| src.join("vmlinux").is_file())
+        .collect();
+    assert!(
+        !trees.is_empty(),
+        "a kernel build tree in {}",
+        stages.display()
+    );
+    for src in &trees {
+        assert_eq!(
+            fs::metadata(src.join("certs/signing_key.x509"))
+                .unwrap()
+                .len(),
+            0,
+            "{}: the kernel was compiled with no certificate",
+            src.display()
+        );
+        let made: Vec<_> = walkdir::WalkDir::new(src)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                ["signing_key.pem", "x509.genkey"].contains(&&*e.file_name().to_string_lossy())
+            })
+            .map(|e| e.into_path())
+            .collect();
+        assert!(made.is_empty(), "the kernel's build made a key: {made:?}");
+    }
+    for pattern in [
+        "PRIVATE KEY-----",
+        r"\x02\x01\x00\x30\x10\x06\x07\x2a\x86\x48\xce\x3d\x02\x01",
+        r"\x02\x01\x00\x30\x0d\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x01\x01",
+    ] {
+        let o = Command::new("grep")
+            .env("LC_ALL", "C")
+            .args(["-rlaP", "--exclude-dir=src", pattern])
+            .arg(&stages)
+            .args(trees.iter().map(|t| t.join("certs")))
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{pattern} found in: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
 }
 
 /// The real HailoRT driver through build, verify, image-installer and a
@@ -275,6 +352,7 @@ fn boot_with_module_variants(vmlinuz: &Path, ko: &Path) -> String {
           else echo \"RESULT $m refused: $(/bin/busybox cat /tmp/err)\"; fi\n\
         done\n\
         /bin/busybox cat /proc/modules\n\
+        /bin/busybox sed 's/^/KEYS /' /proc/keys\n\
         /bin/busybox poweroff -f\n";
     fs::write(root.join("init"), init).unwrap();
     common::sh(

@@ -108,9 +108,9 @@ fn demo_tree_gives_one_cell_with_all_targets() {
     assert_eq!(c.len(), 1, "{m}");
     assert_eq!(c[0]["platform"], "linux/amd64");
     assert_eq!(c[0]["arch"], "amd64");
-    assert_eq!(c[0]["kernel"], "kernel-build");
+    assert_eq!(c[0]["kernel"], "kernel");
     assert_eq!(c[0]["targets"], "hello hello-module kernel");
-    assert_eq!(c[0]["name"], "amd64-kernel-build");
+    assert_eq!(c[0]["name"], "amd64-kernel");
 }
 
 #[test]
@@ -127,12 +127,12 @@ fn two_platforms_give_two_cells_sorted_by_platform() {
         [
             (
                 "linux/amd64".to_string(),
-                Some("kernel-build".to_string()),
+                Some("kernel".to_string()),
                 "hello hello-module kernel".to_string()
             ),
             (
                 "linux/arm64".to_string(),
-                Some("kernel-build".to_string()),
+                Some("kernel".to_string()),
                 "hello hello-module kernel".to_string()
             ),
         ]

@@ -90,6 +90,7 @@ fn signing_build(pkg: &str, in_tree: bool) -> (tempfile::TempDir, Session) {
         mirrors: vec![],
         epoch: None,
         insecure: false,
+        new_session: false,
     };
     let summary = exec::build(&defs, &plan, &opts, &mut start, Some(&hooks), &mut |_| {}).unwrap();
     assert_eq!(summary.built, ["mods"]);

@@ -57,6 +57,12 @@ pub struct BuildArgs {
     /// disk; composer still signs every module afterwards.
     #[arg(long)]
     pub sign_in_tree: bool,
+    /// Start a new signing session even when the cached one could be
+    /// reused: a new ephemeral key and certificate (key rotation). The
+    /// session's stages run again; a kernel compiled with no key (its
+    /// certificate written in by a session stage) is not recompiled.
+    #[arg(long, conflicts_with = "signing_key")]
+    pub new_session: bool,
     /// Without a terminal, report every running stage at least this often
     /// (elapsed time, phase, last log line), so a log shows a slow stage is
     /// not a hung one.
@@ -149,8 +155,12 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
     let summary = result
         .with_context(|| format!("building {}", args.targets.join(" ")))
         .map_err(CliError::User)?;
+    let resigned = match summary.resigned.len() {
+        0 => String::new(),
+        n => format!("{n} signed again, "),
+    };
     eprintln!(
-        "built {} stage(s), {} cached, in {}",
+        "built {} stage(s), {resigned}{} cached, in {}",
         summary.built.len(),
         summary.cached.len(),
         human(started.elapsed())
@@ -177,6 +187,7 @@ fn exec_options(args: &BuildArgs, epoch: Option<i64>) -> exec::Options {
         mirrors: args.sources.mirrors.clone(),
         epoch,
         insecure: args.images.insecure,
+        new_session: args.new_session,
     }
 }
 

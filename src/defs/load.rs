@@ -83,11 +83,35 @@ pub struct Definitions {
 /// (`exec::build` runs the session; `graph::matrix` groups targets by it).
 pub const SIGNING_DIR: &str = "/signing/";
 
+/// The env variable by which a session stage names the kernel tree it
+/// writes the session's certificate into (a dependency compiled with no
+/// key): every stage built on that tree joins the session, and building one
+/// brings this stage into the plan.
+pub const SESSION_KERNEL_TREE: &str = "SESSION_KERNEL_TREE";
+
 impl Package {
     /// Whether the stage joins the signing session by itself (its rendered
     /// definition mentions `SIGNING_DIR`), not through a dependency.
     pub fn joins_signing_session(&self) -> bool {
         self.rendered.contains(SIGNING_DIR)
+    }
+
+    /// The kernel trees this session stage certifies: the values of its
+    /// steps' `SESSION_KERNEL_TREE` that name one of its stage
+    /// dependencies.
+    pub fn certified_trees(&self) -> Vec<&str> {
+        if !self.joins_signing_session() {
+            return Vec::new();
+        }
+        let deps: Vec<&str> = self.pkg.stage_deps().map(|(d, _)| d).collect();
+        self.pkg
+            .steps
+            .iter()
+            .flat_map(|s| s.env.iter())
+            .filter(|(k, _)| k == SESSION_KERNEL_TREE)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| deps.contains(v))
+            .collect()
     }
 }
 

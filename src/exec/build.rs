@@ -18,8 +18,9 @@
 //!
 //! Signing sessions: a stage joins the session when its rendered definition
 //! mentions the session directory (`/signing/`: it builds with the
-//! session's certificate) or when it depends on a stage that joined (it is
-//! built against that kernel). The session's stages are reused together or
+//! session's certificate), when it depends on a stage that joined, or when
+//! it is built on the kernel tree such a stage certifies (`plan`: a kernel
+//! compiled with no key, reused across sessions). The session's stages are reused together or
 //! rebuilt together: if every one of them is cached from one same session,
 //! all are reused and no key is made; otherwise a new session starts and all
 //! of them run, so a kernel never meets modules of another session.
@@ -54,6 +55,10 @@ pub struct Options {
     pub epoch: Option<i64>,
     /// Plain HTTP allowed to registries (image dependencies).
     pub insecure: bool,
+    /// Start a new signing session even when the cached one could be
+    /// reused (the key rotates; what the session stages compile against is
+    /// reused all the same).
+    pub new_session: bool,
 }
 
 /// The public half of a signing session, as the build sees it.
@@ -148,6 +153,8 @@ pub enum BuildError {
 #[derive(Debug, Default)]
 pub struct Summary {
     pub built: Vec<String>,
+    /// Cached builds signed again for a new session, nothing run.
+    pub resigned: Vec<String>,
     pub cached: Vec<String>,
     pub outputs: Vec<(String, PathBuf)>,
     pub session: Option<String>,
@@ -228,7 +235,7 @@ pub fn build_gated(
     })?;
     let platform = defs.platform.to_string();
     let (mut planned, index) = plan_stages(defs, plan, opts, &cache)?;
-    let decision = decide(&mut planned, on);
+    let decision = decide(&mut planned, opts.new_session, on);
     report_plan(&planned, &cache, &platform, &decision, on);
     let sources = SourceOptions {
         dir: cache.downloads(),
@@ -271,7 +278,9 @@ pub fn build_gated(
     };
     for p in &planned {
         let name = p.package.pkg.name.value.clone();
-        if p.run {
+        if p.resign {
+            summary.resigned.push(name);
+        } else if p.run {
             cache.set_last(&platform, &name, &p.fingerprint)?;
             summary.built.push(name);
         } else {
@@ -363,7 +372,11 @@ fn export_all(
 /// The session rule: when the session's stages are not all cached from one
 /// same session, a new one is needed and every one of them runs. Nothing
 /// is started here: no key is made before the sources are at hand.
-fn decide(planned: &mut [Planned<'_>], on: &mut dyn FnMut(Progress)) -> Decision {
+fn decide(
+    planned: &mut [Planned<'_>],
+    new_session: bool,
+    on: &mut dyn FnMut(Progress),
+) -> Decision {
     let session_stages: Vec<usize> = (0..planned.len())
         .filter(|&i| planned[i].in_session)
         .collect();
@@ -384,7 +397,8 @@ fn decide(planned: &mut [Planned<'_>], on: &mut dyn FnMut(Progress)) -> Decision
                 .and_then(|h| h.meta.session.as_deref())
         })
         .collect();
-    let reusable = ids.iter().all(|id| id.is_some()) && ids.windows(2).all(|w| w[0] == w[1]);
+    let reusable =
+        !new_session && ids.iter().all(|id| id.is_some()) && ids.windows(2).all(|w| w[0] == w[1]);
     if reusable {
         if let Some(Some(id)) = ids.first() {
             on(Progress::SessionReused { id: id.to_string() });
@@ -397,15 +411,31 @@ fn decide(planned: &mut [Planned<'_>], on: &mut dyn FnMut(Progress)) -> Decision
         .filter(|&&i| planned[i].hit.is_none())
         .map(|&i| planned[i].package.pkg.name.value.as_str())
         .collect();
-    decision.new_session = Some(if why.is_empty() {
+    decision.new_session = Some(if new_session {
+        "a new signing session was asked for (--new-session)".to_string()
+    } else if why.is_empty() {
         "the session's stages come from different sessions".to_string()
     } else {
         format!("new signing session (to rebuild {})", why.join(", "))
     });
     for &i in &decision.session_stages {
         planned[i].run = true;
+        planned[i].resign = can_resign(planned, i);
     }
     decision
+}
+
+/// A session stage whose cached build can be signed again for a new
+/// session instead of running: it has an entry, its definition does not
+/// use the session (it compiled against a kernel tree, not with the
+/// certificate), and none of its inputs is a session stage (they are all
+/// what they were when it was built). Its modules' content does not depend
+/// on the session; only their signatures do.
+fn can_resign(planned: &[Planned<'_>], i: usize) -> bool {
+    let p = &planned[i];
+    p.hit.is_some()
+        && !p.package.joins_signing_session()
+        && p.deps.iter().all(|&d| !planned[d].in_session)
 }
 
 /// Reports the decision for every stage, with the reasons a stage runs.
@@ -420,7 +450,12 @@ fn report_plan(
         let name = p.package.pkg.name.value.clone();
         let mut reasons = Vec::new();
         if p.run {
-            if p.hit.is_some() {
+            if p.resign {
+                reasons.push(
+                    "its cached build is signed again for the new signing session (nothing compiles)"
+                        .into(),
+                );
+            } else if p.hit.is_some() {
                 reasons.extend(decision.new_session.clone());
             } else {
                 match cache.last(platform, &name) {

@@ -42,6 +42,9 @@ pub(crate) struct Planned<'d> {
     pub(super) hit: Option<Entry>,
     /// Whether it runs (a cache miss, or a stage of a new session).
     pub(super) run: bool,
+    /// With `run`: its cached build is signed again for a new session
+    /// instead of running its steps (`build::decide`).
+    pub(super) resign: bool,
 }
 
 /// Every stage of the plan, dependencies first, with its key, its inputs
@@ -115,10 +118,35 @@ pub(super) fn plan_stages<'d, 'p>(
             inputs,
             in_session,
             run: hit.is_none(),
+            resign: false,
             hit,
         });
     }
+    join_kernel_tree_users(&mut planned, &index);
     Ok((planned, index))
+}
+
+/// A stage built on a session's kernel tree joins the session: the tree is
+/// a dependency a session stage of the plan certifies
+/// (`SESSION_KERNEL_TREE`: a kernel compiled with no key, whose certificate
+/// that stage writes in). Modules built against it are for the kernel the
+/// session certifies, so they are signed with the session's key; the tree
+/// itself is reused across sessions. Stages built on a stage that joined
+/// join too (plan order is dependency order).
+fn join_kernel_tree_users(planned: &mut [Planned<'_>], index: &HashMap<&str, usize>) {
+    let trees: std::collections::BTreeSet<usize> = planned
+        .iter()
+        .flat_map(|p| p.package.certified_trees())
+        .filter_map(|t| index.get(t).copied())
+        .filter(|&t| !planned[t].in_session)
+        .collect();
+    for i in 0..planned.len() {
+        let joins = planned[i]
+            .deps
+            .iter()
+            .any(|&d| trees.contains(&d) || planned[d].in_session);
+        planned[i].in_session |= joins;
+    }
 }
 
 /// The parts of a stage's key that are its own, before its inputs'.

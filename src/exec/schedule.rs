@@ -57,7 +57,10 @@ pub(super) fn run(
                         let mut emit = |e: Event| {
                             let _ = tx.send((i, Msg::Event(e)));
                         };
-                        let r = stage::run(&job, ctx, &mut emit);
+                        let r = match &job.resign {
+                            Some(hit) => stage::resign(&job, hit, ctx, &mut emit),
+                            None => stage::run(&job, ctx, &mut emit),
+                        };
                         let _ = tx.send((i, Msg::Done(Box::new(r))));
                     });
                 }
@@ -118,6 +121,7 @@ fn job_for(p: &Planned<'_>, done: &[Option<Entry>], session: &Option<String>) ->
             .collect(),
         pkgdir: p.pkgdir.clone(),
         session: if p.in_session { session.clone() } else { None },
+        resign: if p.resign { p.hit.clone() } else { None },
     }
 }
 

@@ -143,6 +143,9 @@ pub struct Job {
     pub inputs: Vec<(Input, PathBuf)>,
     pub pkgdir: PkgDir,
     pub session: Option<String>,
+    /// The cached entry to sign again for the session instead of running
+    /// the steps ([`resign`]).
+    pub resign: Option<Entry>,
 }
 
 /// Progress of a running stage.
@@ -362,6 +365,48 @@ fn run_in(
         duration_ms: started.elapsed().as_millis() as u64,
         session: job.session.clone(),
         session_cert: job.session.as_ref().and(ctx.session_cert_pem.clone()),
+    };
+    Ok(ctx.cache.commit(pending, meta)?)
+}
+
+/// A session stage's cached build, signed for this job's session instead of
+/// run again: its output copied, every module's signature replaced by the
+/// session's (the session hooks, as after `install`), committed under the
+/// same key with the new session. Only for stages whose output does not
+/// depend on the session but through module signatures
+/// (`build::can_resign`); nothing runs in a sandbox.
+pub fn resign(
+    job: &Job,
+    hit: &Entry,
+    ctx: &Context<'_>,
+    emit: &mut dyn FnMut(Event),
+) -> Result<Entry, StageError> {
+    let started = Instant::now();
+    let name = job.package.pkg.name.value.as_str();
+    let (Some(session), Some(hooks)) = (&job.session, ctx.session_hooks) else {
+        return Err(StageError::Config(format!(
+            "stage {name}: to be signed again, a signing session is needed"
+        )));
+    };
+    let pending = ctx.cache.begin()?;
+    emit(Event::Phase("copying the cached build".into()));
+    fsops::copy_into(&hit.out(), "/", &pending.out(), "/")?;
+    emit(Event::Phase("signing modules".into()));
+    let n = hooks
+        .after_install(&pending.out())
+        .map_err(|e| StageError::Config(format!("stage {name}: signing: {e}")))?;
+    emit(Event::Line(format!(
+        "signed {n} module(s) of the cached build with the session key"
+    )));
+    fsops::normalize_tree(&pending.out(), ctx.epoch)?;
+    let meta = Meta {
+        output_digest: String::new(),
+        size: 0,
+        created: now(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        session: Some(session.clone()),
+        session_cert: ctx.session_cert_pem.clone(),
+        ..hit.meta.clone()
     };
     Ok(ctx.cache.commit(pending, meta)?)
 }

@@ -146,7 +146,11 @@ impl<'d> Graph<'d> {
         })
     }
 
-    /// The stages needed for `targets`, dependencies first.
+    /// The stages needed for `targets`, dependencies first; and the session
+    /// stages that certify a kernel tree the plan builds on:
+    /// modules built against a kernel compiled with no key are signed in
+    /// the session of the stage that writes the session's certificate into
+    /// that kernel, so that stage is part of the plan (not a target).
     pub fn resolve(&self, targets: &[String]) -> Result<Plan, GraphError> {
         let mut order = Vec::new();
         let mut done = BTreeSet::new();
@@ -155,10 +159,38 @@ impl<'d> Graph<'d> {
             let mut stack = Vec::new();
             self.visit(pkg, &mut stack, &mut done, &mut order)?;
         }
+        loop {
+            let missing: Vec<&'d Package> = self
+                .certifiers(&order)
+                .into_iter()
+                .filter(|c| !done.contains(c.pkg.name.value.as_str()))
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            for pkg in missing {
+                self.visit(pkg, &mut Vec::new(), &mut done, &mut order)?;
+            }
+        }
         Ok(Plan {
             targets: targets.to_vec(),
             order,
         })
+    }
+
+    /// The session stages that certify a kernel tree (`SESSION_KERNEL_TREE`)
+    /// which a stage of `order` builds on.
+    fn certifiers(&self, order: &[String]) -> Vec<&'d Package> {
+        let used: BTreeSet<&str> = order
+            .iter()
+            .filter_map(|n| self.get(n))
+            .flat_map(|p| p.pkg.stage_deps().map(|(d, _)| d).collect::<Vec<_>>())
+            .collect();
+        self.defs
+            .packages
+            .iter()
+            .filter(|s| s.certified_trees().iter().any(|t| used.contains(t)))
+            .collect()
     }
 
     fn visit(

@@ -54,6 +54,11 @@ impl Trusted {
         }
     }
 
+    /// The certificate's DER encoding.
+    pub fn der(&self) -> Result<Vec<u8>, String> {
+        self.cert.to_der().map_err(|e| e.to_string())
+    }
+
     /// The subject's common name or the whole subject, for messages.
     pub fn subject(&self) -> String {
         self.cert.tbs_certificate.subject.to_string()

@@ -111,6 +111,57 @@ pub fn assert_module_variants(console: &str) {
     );
 }
 
+/// What the booted kernel listed in /proc/keys (lines `KEYS <line>`): its
+/// builtin trusted keyring holds one key, the certificate `cert` (DER),
+/// known by its subject key identifier; no other X.509 key is loaded.
+pub fn assert_builtin_keys(console: &str, cert: &Path) {
+    let keys: Vec<&str> = console
+        .lines()
+        .filter_map(|l| l.strip_prefix("KEYS "))
+        .collect();
+    assert!(
+        keys.iter()
+            .any(|l| l.contains(" keyring ") && l.ends_with(".builtin_trusted_keys: 1")),
+        "the builtin trusted keyring holds one key:\n{}",
+        keys.join("\n")
+    );
+    let x509: Vec<&&str> = keys.iter().filter(|l| l.contains(" asymmetri ")).collect();
+    assert_eq!(x509.len(), 1, "one X.509 key: {keys:#?}");
+    let out = Command::new("openssl")
+        .args([
+            "x509",
+            "-inform",
+            "DER",
+            "-noout",
+            "-ext",
+            "subjectKeyIdentifier",
+            "-in",
+        ])
+        .arg(cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let skid: String = text
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .replace(':', "")
+        .to_lowercase();
+    assert!(skid.len() >= 16, "a subject key identifier: {text}");
+    assert!(
+        x509[0].contains(&format!(": {skid}: X509.")),
+        "the key is the certificate {} (SKID {skid}): {}",
+        cert.display(),
+        x509[0]
+    );
+}
+
 /// `../shared/sources`: the mirror of upstream archives beside the project.
 pub fn shared_sources() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/sources");
