@@ -249,23 +249,14 @@ pub fn build_gated(
     let session_cert_pem = session
         .as_ref()
         .map(|c| String::from_utf8_lossy(&c.cert_pem).into_owned());
-    let ctx = Context {
-        cache: &cache,
-        sources: &sources,
-        platform: defs.platform,
-        epoch: opts.epoch,
-        logs: opts.output.join("logs"),
-        session_certs: write_session_cert(&cache, session.as_ref())?,
-        session_cert_pem: session_cert_pem.clone(),
+    let ctx = context(
+        &cache,
+        &sources,
+        defs,
+        opts,
+        session.as_ref(),
         session_hooks,
-        session_key: session
-            .as_ref()
-            .and_then(|s| s.private_pem.clone())
-            .map(|content| super::sandbox::SecretFile {
-                dst: stage::SESSION_KEY.to_string(),
-                content,
-            }),
-    };
+    )?;
     let session_id = session.as_ref().map(|s| s.id.clone());
     let outputs = schedule::run(&planned, &ctx, opts.jobs.max(1), session_id.clone(), on)?;
 
@@ -276,18 +267,75 @@ pub fn build_gated(
         session_cert: session_cert_pem.or_else(|| reused.and_then(|m| m.session_cert.clone())),
         ..Summary::default()
     };
-    for p in &planned {
+    tally(&planned, &cache, &platform, &mut summary)?;
+    summary.outputs = gate_and_export(plan, &planned, &index, &outputs, &summary, opts, gate, on)?;
+    Ok(summary)
+}
+
+/// What the stages run with: the cache, the sources, the platform and the
+/// session's public half (and, with `--sign-in-tree`, its key).
+fn context<'a>(
+    cache: &'a Cache,
+    sources: &'a SourceOptions,
+    defs: &Definitions,
+    opts: &Options,
+    session: Option<&SessionCert>,
+    session_hooks: Option<&'a dyn SessionHooks>,
+) -> Result<Context<'a>, BuildError> {
+    Ok(Context {
+        cache,
+        sources,
+        platform: defs.platform,
+        epoch: opts.epoch,
+        logs: opts.output.join("logs"),
+        session_certs: write_session_cert(cache, session)?,
+        session_cert_pem: session.map(|c| String::from_utf8_lossy(&c.cert_pem).into_owned()),
+        session_hooks,
+        session_key: session.and_then(|s| s.private_pem.clone()).map(|content| {
+            super::sandbox::SecretFile {
+                dst: stage::SESSION_KEY.to_string(),
+                content,
+            }
+        }),
+    })
+}
+
+/// Which stages were built, signed again or cached; a built stage's
+/// fingerprint becomes the one `-v` compares the next build with.
+fn tally(
+    planned: &[Planned<'_>],
+    cache: &Cache,
+    platform: &str,
+    summary: &mut Summary,
+) -> Result<(), BuildError> {
+    for p in planned {
         let name = p.package.pkg.name.value.clone();
         if p.resign {
             summary.resigned.push(name);
         } else if p.run {
-            cache.set_last(&platform, &name, &p.fingerprint)?;
+            cache.set_last(platform, &name, &p.fingerprint)?;
             summary.built.push(name);
         } else {
             summary.cached.push(name);
         }
     }
-    let targets = gate_inputs(plan, &planned, &index, &outputs);
+    Ok(())
+}
+
+/// The gate over the targets' outputs, then their export; trees the gate
+/// made and the export did not take are removed.
+#[allow(clippy::too_many_arguments)]
+fn gate_and_export(
+    plan: &Plan,
+    planned: &[Planned<'_>],
+    index: &HashMap<&str, usize>,
+    outputs: &[Entry],
+    summary: &Summary,
+    opts: &Options,
+    gate: &mut dyn FnMut(&Built<'_>) -> Result<Replacements, String>,
+    on: &mut dyn FnMut(Progress),
+) -> Result<Vec<(String, PathBuf)>, BuildError> {
+    let targets = gate_inputs(plan, planned, index, outputs);
     let replacements = gate(&Built {
         targets: &targets.cached,
         session_cert: summary.session_cert.as_deref(),
@@ -295,15 +343,13 @@ pub fn build_gated(
         dependencies: &targets.dependencies,
     })
     .map_err(BuildError::Rejected)?;
-    let exported = export_all(plan, &index, &outputs, &replacements, &opts.output, on);
+    let exported = export_all(plan, index, outputs, &replacements, &opts.output, on);
     if exported.is_err() {
-        // Trees the gate made and the export did not take.
         for (_, tree) in &replacements {
             let _ = fsops::remove_tree(tree);
         }
     }
-    summary.outputs = exported?;
-    Ok(summary)
+    exported
 }
 
 /// What the gate is shown of the plan's targets.
