@@ -20,10 +20,14 @@
 //! mentions the session directory (`/signing/`: it builds with the
 //! session's certificate), when it depends on a stage that joined, or when
 //! it is built on the kernel tree such a stage certifies (`plan`: a kernel
-//! compiled with no key, reused across sessions). The session's stages are reused together or
-//! rebuilt together: if every one of them is cached from one same session,
-//! all are reused and no key is made; otherwise a new session starts and all
-//! of them run, so a kernel never meets modules of another session.
+//! compiled with no key, reused across sessions). The session's stages are
+//! reused together or renewed together: if every one of them is cached from
+//! one same session (and `--new-session` was not asked), all are reused and
+//! no key is made; otherwise a new session starts and all of them run, so a
+//! kernel never meets modules of another session. "Run" is cheaper for a
+//! stage whose definition does not use the session and whose inputs are
+//! outside it (a module compiled against the certified tree): its cached
+//! build is signed again with the new key (`stage::resign`).
 
 use std::collections::HashMap;
 use std::fs;
