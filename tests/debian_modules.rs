@@ -330,3 +330,39 @@ fn two_trees_for_one_release_are_refused() {
     let (code, _, stderr) = check(root.path(), &same, &[]);
     assert!(!stderr.contains("give one"), "{code} {stderr}");
 }
+
+/// Debian's kernel image is lz4-compressed (the legacy format): the
+/// certificate read out of it is the one every module Debian ships for it
+/// is signed with; the other release's image does not trust them.
+#[test]
+fn debians_own_modules_verify_against_the_certificate_in_its_lz4_kernel_image() {
+    let new = debian::new();
+    let old = debian::old();
+    let modules = debian::image(new).join(format!("usr/lib/modules/{new}"));
+    let verify = |kernel: &str| {
+        let vmlinuz = debian::vmlinuz(kernel);
+        common::composer(
+            Path::new("."),
+            &[
+                "verify",
+                modules.to_str().unwrap(),
+                "--kernel",
+                vmlinuz.to_str().unwrap(),
+                "-q",
+            ],
+        )
+    };
+    let o = verify(new);
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{said}");
+    assert!(said.contains("signed by a trusted key, 0 not"), "{said}");
+    // Each Debian build makes its own key: the older release's image
+    // trusts none of these modules.
+    let o = verify(old);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("0 signed by a trusted key"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -1,5 +1,6 @@
 //! The certificates a kernel image trusts for modules, read from the image
-//! itself: a bzImage's compressed payload (gzip, xz or zstd) is unpacked
+//! itself: a bzImage's compressed payload (gzip, xz, zstd or lz4, the
+//! legacy lz4 format `lz4 -l` writes and Debian's kernels use) is unpacked
 //! and scanned for X.509 certificates, which is where the kernel keeps its
 //! built-in keys (`system_certificates`). An uncompressed image (arm64's
 //! `Image`) or a gzip-compressed one (`Image.gz`) is scanned directly.
@@ -73,11 +74,48 @@ fn decompress(payload: &[u8]) -> Result<Vec<u8>, ImageError> {
     } else if payload.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         let mut d = zstd::Decoder::new(payload).map_err(err)?.single_frame();
         d.read_to_end(&mut out).map_err(err)?;
+    } else if payload.starts_with(&LZ4_LEGACY_MAGIC) {
+        out = lz4_legacy(payload)?;
     } else {
         return Err(ImageError::Format(
-            "the kernel payload is not gzip, xz or zstd (lz4, lzma, lzo and bzip2 kernels are not supported)"
+            "the kernel payload is not gzip, xz, zstd or lz4 (lzma, lzo and bzip2 kernels are not supported)"
                 .into(),
         ));
+    }
+    Ok(out)
+}
+
+/// The legacy lz4 format's magic (0x184C2102, little-endian).
+const LZ4_LEGACY_MAGIC: [u8; 4] = [0x02, 0x21, 0x4c, 0x18];
+/// What one block of the legacy format decompresses to at most.
+const LZ4_LEGACY_BLOCK: usize = 8 << 20;
+
+/// A legacy lz4 stream (the magic, then blocks each preceded by its
+/// compressed size, u32 little-endian; the magic may repeat), as the
+/// kernel's `unlz4` reads it; the kernel's build appends the uncompressed
+/// size (4 bytes), which ends the stream. Written here: lz4 crates decode
+/// the frame format, not this one; each block is decoded by lz4_flex.
+fn lz4_legacy(payload: &[u8]) -> Result<Vec<u8>, ImageError> {
+    let mut out = Vec::with_capacity(payload.len() * 3);
+    let mut at = LZ4_LEGACY_MAGIC.len();
+    while payload.len() - at > 4 {
+        let size = u32::from_le_bytes([
+            payload[at],
+            payload[at + 1],
+            payload[at + 2],
+            payload[at + 3],
+        ]);
+        at += 4;
+        if size.to_le_bytes() == LZ4_LEGACY_MAGIC {
+            continue;
+        }
+        let block = payload
+            .get(at..at + size as usize)
+            .ok_or_else(|| ImageError::Decompress("truncated lz4 block".into()))?;
+        let part = lz4_flex::block::decompress(block, LZ4_LEGACY_BLOCK)
+            .map_err(|e| ImageError::Decompress(format!("lz4: {e}")))?;
+        out.extend_from_slice(&part);
+        at += size as usize;
     }
     Ok(out)
 }
@@ -155,5 +193,35 @@ mod tests {
 
         image.truncate(image.len() - 1);
         assert!(matches!(kernel_code(&image), Err(ImageError::Format(_))));
+    }
+
+    /// A legacy lz4 stream as `lz4 -l` and the kernel's build write it:
+    /// the magic, blocks of at most 8 MiB each preceded by its compressed
+    /// size, the uncompressed size appended.
+    fn lz4_legacy_stream(data: &[u8]) -> Vec<u8> {
+        let mut out = LZ4_LEGACY_MAGIC.to_vec();
+        for chunk in data.chunks(LZ4_LEGACY_BLOCK) {
+            let block = lz4_flex::block::compress(chunk);
+            out.extend_from_slice(&(block.len() as u32).to_le_bytes());
+            out.extend_from_slice(&block);
+        }
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn an_lz4_payload_in_the_legacy_format_is_decompressed_block_by_block() {
+        let s = Session::start().unwrap();
+        // More than one block, the certificate in the second.
+        let mut code = vec![0x90u8; LZ4_LEGACY_BLOCK + 1000];
+        code.extend_from_slice(&arm64_image(s.cert_der()));
+        let stream = lz4_legacy_stream(&code);
+        assert_eq!(decompress(&stream).unwrap(), code);
+        let certs = certificates(&decompress(&stream).unwrap());
+        assert_eq!(certs.len(), 1);
+        assert_eq!(certs[0].1, s.cert_der());
+        // A block cut short is an error, not a panic.
+        let cut = &stream[..stream.len() - 100];
+        assert!(matches!(decompress(cut), Err(ImageError::Decompress(_))));
     }
 }
