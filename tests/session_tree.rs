@@ -184,3 +184,33 @@ fn a_changed_module_rebuilds_with_a_new_session_and_the_tree_stays_cached() {
     assert_eq!(read(p, "_out/kcert/boot/tree-compiled"), tree);
     assert!(verifies(p, &p.join("_out/kcert/boot/session.pem")));
 }
+
+#[test]
+fn a_session_kernel_tree_that_is_not_a_dependency_is_an_error_at_the_stage() {
+    let d = project("hello");
+    let p = d.path();
+    fs::write(
+        p.join("pkgs/kcert/pkg.yaml"),
+        KCERT.replace("SESSION_KERNEL_TREE: ktree", "SESSION_KERNEL_TREE: ktre"),
+    )
+    .unwrap();
+    let o = composer(p, &["build", "--cache-dir", "cache", "mods"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("pkgs/kcert/pkg.yaml:1:7"), "{e}");
+    assert!(
+        e.contains("SESSION_KERNEL_TREE names `ktre`, which is not a stage dependency of `kcert`"),
+        "{e}"
+    );
+    assert!(!p.join("_out").exists() && !p.join("cache").exists());
+    // In a stage that does not use the session, it certifies nothing.
+    fs::write(
+        p.join("pkgs/kcert/pkg.yaml"),
+        KCERT.replace("/signing/certs/signing_key.x509", "/etc/hostname"),
+    )
+    .unwrap();
+    let o = composer(p, &["validate"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("does not use the signing session"), "{e}");
+}

@@ -91,6 +91,9 @@ impl<'d> Graph<'d> {
         }
         let graph = Graph { defs, index };
         for p in &defs.packages {
+            check_certified_trees(p, report);
+        }
+        for p in &defs.packages {
             for (dep, d) in p.pkg.stage_deps() {
                 if !graph.index.contains_key(dep) {
                     let mut diag = Diagnostic::error(
@@ -289,5 +292,37 @@ impl<'d> Graph<'d> {
         }
         visiting.pop();
         out
+    }
+}
+
+/// A `SESSION_KERNEL_TREE` must name a stage dependency of a stage that
+/// uses the signing session: otherwise no stage would join the session
+/// through it, and its modules would leave unsigned or be refused.
+fn check_certified_trees(p: &Package, report: &mut Report) {
+    let named: Vec<&str> = p
+        .pkg
+        .steps
+        .iter()
+        .flat_map(|s| s.env.iter())
+        .filter(|(k, _)| k == crate::defs::load::SESSION_KERNEL_TREE)
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let name = &p.pkg.name;
+    for tree in named {
+        let problem = if !p.joins_signing_session() {
+            format!(
+                "SESSION_KERNEL_TREE names `{tree}`, but `{}` does not use the signing session (its definition never mentions {}): it cannot certify a kernel tree",
+                name.value,
+                crate::defs::load::SIGNING_DIR
+            )
+        } else if !p.pkg.stage_deps().any(|(d, _)| d == tree) {
+            format!(
+                "SESSION_KERNEL_TREE names `{tree}`, which is not a stage dependency of `{}`: the stages built on it would not join the session",
+                name.value
+            )
+        } else {
+            continue;
+        };
+        report.push(Diagnostic::error(name.span.clone(), "env", problem));
     }
 }
