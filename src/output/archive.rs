@@ -15,7 +15,9 @@
 //! - Archive entries are sorted, owned by 0:0 with mtime = the epoch given,
 //!   so the same image gives a byte-identical archive.
 //! - Only blobs reachable from the exported descriptor are copied, each
-//!   verified against its digest on the way.
+//!   verified against its digest on the way; into a layout on the staging
+//!   area's filesystem they are hard-linked instead (the staging layout
+//!   hashed them as it wrote them).
 
 use std::fs;
 use std::io::{self, Read};
@@ -96,7 +98,7 @@ pub fn to_layout(
 ) -> Result<Layout, ArchiveError> {
     let dest = Layout::create(dir)?;
     for d in reachable(from, top)? {
-        if dest.has_blob(d.digest()) {
+        if dest.has_blob(d.digest()) || link_blob(from, &dest, d.digest()) {
             continue;
         }
         let mut r = from.open_blob(d.digest(), Some(d.size()))?;
@@ -108,6 +110,17 @@ pub fn to_layout(
     let _ = fs::remove_dir(dest.root().join("blobs/.tmp"));
     dest.set_tag(top, tag)?;
     Ok(dest)
+}
+
+/// Links a blob of `from` into `to` when both lie on one filesystem: the
+/// staging layout's blobs were hashed as they were written, so a link
+/// carries them unchanged without reading them again. False when it cannot
+/// (another filesystem, links refused): the caller copies and checks.
+fn link_blob(from: &Layout, to: &Layout, digest: &oci_spec::image::Digest) -> bool {
+    match fs::hard_link(from.blob_path(digest), to.blob_path(digest)) {
+        Ok(()) => true,
+        Err(e) => e.kind() == io::ErrorKind::AlreadyExists,
+    }
 }
 
 /// A deterministic tar written to `path` via a temp file.
@@ -279,4 +292,56 @@ pub fn to_docker_archive(
     let json = canonical_json(&legacy).map_err(|e| ArchiveError::Unsupported(e.to_string()))?;
     w.bytes("manifest.json", &json)?;
     w.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::defs::Platform;
+    use crate::output::image::{ImageMeta, write_image};
+    use crate::output::layer::{Compression, write_dir};
+    use std::os::unix::fs::MetadataExt;
+
+    fn staged(dir: &Path) -> (Layout, Descriptor, oci_spec::image::Digest) {
+        fs::create_dir_all(dir.join("tree/usr/lib")).unwrap();
+        fs::write(dir.join("tree/usr/lib/a.ko"), b"module").unwrap();
+        let layout = Layout::create(&dir.join("staging")).unwrap();
+        let layer = write_dir(&layout, &dir.join("tree"), Compression::Zstd, 0).unwrap();
+        let digest = layer.descriptor.digest().clone();
+        let meta = ImageMeta {
+            labels: Default::default(),
+            created: 0,
+        };
+        let top = write_image(&layout, Platform::LinuxAmd64, &[layer], &meta).unwrap();
+        (layout, top, digest)
+    }
+
+    #[test]
+    fn a_layout_on_the_staging_filesystem_links_the_blobs() {
+        let t = tempfile::tempdir().unwrap();
+        let (staging, top, layer) = staged(t.path());
+        let out = to_layout(&staging, &top, &t.path().join("out"), "v1").unwrap();
+        let meta = fs::metadata(out.blob_path(&layer)).unwrap();
+        assert_eq!(meta.nlink(), 2, "the layer is the staging area's file");
+        assert_eq!(out.resolve(Some("v1")).unwrap().digest(), top.digest());
+    }
+
+    #[test]
+    fn a_layout_on_another_filesystem_gets_checked_copies() {
+        let shm = Path::new("/dev/shm");
+        let t = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir_in(shm).unwrap();
+        let same_fs = fs::metadata(t.path()).unwrap().dev() == fs::metadata(shm).unwrap().dev();
+        assert!(
+            !same_fs,
+            "/dev/shm must be another filesystem for this test"
+        );
+        let (staging, top, layer) = staged(t.path());
+        let out = to_layout(&staging, &top, &other.path().join("out"), "v1").unwrap();
+        assert_eq!(fs::metadata(out.blob_path(&layer)).unwrap().nlink(), 1);
+        assert_eq!(
+            fs::read(out.blob_path(&layer)).unwrap(),
+            fs::read(staging.blob_path(&layer)).unwrap()
+        );
+    }
 }
