@@ -56,7 +56,7 @@ fn decompress(payload: &[u8]) -> Result<Vec<u8>, ImageError> {
         // stream; liblzma would read it as a damaged second stream.
         let mut stream = xz2::stream::Stream::new_stream_decoder(u64::MAX, 0)
             .map_err(|e| ImageError::Decompress(e.to_string()))?;
-        out.reserve(payload.len() * 4);
+        out.reserve(unpacked_size_hint(payload));
         loop {
             let consumed = stream.total_in() as usize;
             let status = stream
@@ -83,6 +83,19 @@ fn decompress(payload: &[u8]) -> Result<Vec<u8>, ImageError> {
         ));
     }
     Ok(out)
+}
+
+/// The size the kernel's build appends to a compressed payload (u32,
+/// little-endian), so the output is allocated once; only a hint (capped,
+/// and at least 4× the payload) since the stream itself decides.
+fn unpacked_size_hint(payload: &[u8]) -> usize {
+    const CAP: usize = 1 << 30;
+    let appended = payload
+        .len()
+        .checked_sub(4)
+        .and_then(|at| payload.get(at..))
+        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    appended.max(payload.len() * 4).min(CAP)
 }
 
 /// The legacy lz4 format's magic (0x184C2102, little-endian).
