@@ -91,6 +91,7 @@ fn signing_build(pkg: &str, in_tree: bool) -> (tempfile::TempDir, Session) {
         epoch: None,
         insecure: false,
         new_session: false,
+        remote: Default::default(),
     };
     let summary = exec::build(&defs, &plan, &opts, &mut start, Some(&hooks), &mut |_| {}).unwrap();
     assert_eq!(summary.built, ["mods"]);

@@ -63,6 +63,17 @@ pub struct BuildArgs {
     /// certificate written in by a session stage) is not recompiled.
     #[arg(long, conflicts_with = "signing_key")]
     pub new_session: bool,
+    /// On a local cache miss, look for the stage's output here before
+    /// building it: a registry repository (`host/name`) or an OCI layout
+    /// directory (`oci:DIR`). Repeatable; tried in order. A signing
+    /// session's stages come all together or not at all.
+    #[arg(long = "cache-from", value_name = "REF")]
+    pub cache_from: Vec<String>,
+    /// After the build, store every stage output of the plan here (a
+    /// registry repository or `oci:DIR`), keyed by the stage's key; what
+    /// is there already is not sent again. Private keys never are.
+    #[arg(long = "cache-to", value_name = "REF")]
+    pub cache_to: Option<String>,
     /// Without a terminal, report every running stage at least this often
     /// (elapsed time, phase, last log line), so a log shows a slow stage is
     /// not a hung one.
@@ -119,7 +130,7 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
         return Ok(ExitCode::SUCCESS);
     };
     let epoch = source_date_epoch(&args.opts.build_args)?;
-    let opts = exec_options(args, epoch);
+    let opts = exec_options(args, epoch)?;
     // Made when a session stage has to run; signing reads it from the
     // worker threads. Dropped (key zeroized) when this function returns.
     let session: OnceLock<Session> = OnceLock::new();
@@ -159,8 +170,12 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
         0 => String::new(),
         n => format!("{n} signed again, "),
     };
+    let fetched = match summary.fetched.len() {
+        0 => String::new(),
+        n => format!(" ({n} from the shared cache)"),
+    };
     eprintln!(
-        "built {} stage(s), {resigned}{} cached, in {}",
+        "built {} stage(s), {resigned}{} cached{fetched}, in {}",
         summary.built.len(),
         summary.cached.len(),
         human(started.elapsed())
@@ -174,8 +189,21 @@ pub fn run(global: &Global, args: &BuildArgs) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-fn exec_options(args: &BuildArgs, epoch: Option<i64>) -> exec::Options {
-    exec::Options {
+fn exec_options(args: &BuildArgs, epoch: Option<i64>) -> Result<exec::Options, CliError> {
+    let store = |s: &String| {
+        s.parse::<exec::remote::Store>()
+            .map_err(|e| CliError::user(format!("shared cache {e}")))
+    };
+    let remote = exec::remote::Remote {
+        from: args
+            .cache_from
+            .iter()
+            .map(store)
+            .collect::<Result<_, _>>()?,
+        to: args.cache_to.as_ref().map(store).transpose()?,
+        registry: exec::remote::Remote::registry_options(args.images.insecure),
+    };
+    Ok(exec::Options {
         cache_dir: args.sources.cache_dir(),
         output: args.output.clone(),
         jobs: args.jobs.unwrap_or_else(|| {
@@ -188,7 +216,8 @@ fn exec_options(args: &BuildArgs, epoch: Option<i64>) -> exec::Options {
         epoch,
         insecure: args.images.insecure,
         new_session: args.new_session,
-    }
+        remote,
+    })
 }
 
 /// Makes the signing session's key (ephemeral, or `--signing-key`'s) when

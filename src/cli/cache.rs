@@ -1,4 +1,5 @@
-//! `composer cache ls|prune|verify`: look at, trim and check the cache.
+//! `composer cache ls|prune|verify|push|pull`: look at, trim and check the
+//! cache, and copy it to or from a shared cache (`exec::remote`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,9 +7,11 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::build::default_cache_dir;
+use super::progress::bytes;
 use super::{CliError, CliResult, Global};
 use crate::exec::cache::{Cache, now};
 use crate::exec::fsops;
+use crate::exec::remote::{Remote, RemoteEvent, Store, fetch_all, store_entries};
 
 #[derive(Args, Debug)]
 pub struct CacheArgs {
@@ -37,6 +40,37 @@ pub enum CacheCommand {
         /// Remove damaged entries (the next build rebuilds them).
         #[arg(long)]
         repair: bool,
+    },
+    /// Store every cached stage output in a shared cache, signing
+    /// sessions whole: to seed a registry, or an oci: directory carried to
+    /// an air-gapped site. What is there already is not sent again.
+    ///
+    /// Examples:
+    ///   composer cache push registry.example.com/team/composer-cache
+    ///   composer cache push oci:/media/usb/composer-cache
+    #[command(verbatim_doc_comment)]
+    Push {
+        /// A registry repository (host/name) or an OCI layout (oci:DIR).
+        #[arg(value_name = "REF")]
+        to: String,
+        /// Plain HTTP, or HTTPS without certificate checks, to the registry.
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Fetch every entry of a shared cache that this cache lacks, each
+    /// checked by digest; a signing session comes whole or not at all.
+    ///
+    /// Examples:
+    ///   composer cache pull oci:/media/usb/composer-cache
+    ///   composer cache pull registry.internal/team/composer-cache
+    #[command(verbatim_doc_comment)]
+    Pull {
+        /// A registry repository (host/name) or an OCI layout (oci:DIR).
+        #[arg(value_name = "REF")]
+        from: String,
+        /// Plain HTTP, or HTTPS without certificate checks, to the registry.
+        #[arg(long)]
+        insecure: bool,
     },
 }
 
@@ -147,23 +181,50 @@ pub fn run(global: &Global, args: &CacheArgs) -> CliResult {
                 ));
             }
         }
+        CacheCommand::Push { to, insecure } => {
+            let store = store(to)?;
+            let cache = Cache::open(&dir, &mut waiting).map_err(internal)?;
+            let entries: Vec<_> = cache.entries().into_iter().flatten().collect();
+            let opts = Remote::registry_options(*insecure);
+            let mut sent = 0;
+            store_entries(&store, &entries, &cache, &opts, &mut |e| {
+                if let RemoteEvent::Stored { bytes, .. } = &e {
+                    sent += bytes;
+                }
+                show(e)
+            })
+            .map_err(|e| CliError::user(format!("storing in {store}: {e}")))?;
+            eprintln!("{} entries in {store}; {} sent", entries.len(), bytes(sent));
+        }
+        CacheCommand::Pull { from, insecure } => {
+            let store = store(from)?;
+            let cache = Cache::open(&dir, &mut waiting).map_err(internal)?;
+            let opts = Remote::registry_options(*insecure);
+            let mut read = 0;
+            let landed = fetch_all(&store, &cache, &opts, &mut |e| {
+                if let RemoteEvent::Fetched { bytes, .. } = &e {
+                    read += bytes;
+                }
+                show(e)
+            })
+            .map_err(|e| CliError::user(format!("fetching from {store}: {e}")))?;
+            eprintln!(
+                "{landed} entries fetched from {store}; {} read",
+                bytes(read)
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+fn store(reference: &str) -> Result<Store, CliError> {
+    reference
+        .parse()
+        .map_err(|e| CliError::user(format!("shared cache {e}")))
+}
+
+fn show(e: RemoteEvent) {
+    eprintln!("{}", super::progress::remote_line(&e));
 }
 
 fn age(secs: u64) -> String {

@@ -10,9 +10,10 @@ use clap::Args;
 
 use super::{CliError, CliResult, Global};
 use crate::defs::Platform;
+use crate::oci::layer;
 use crate::oci::reference::ImageRef;
 use crate::output::publish::{Staging, write_local};
-use crate::output::{Compression, ImageMeta, layer, write_image, write_index};
+use crate::output::{Compression, ImageMeta, write_image, write_index};
 
 #[derive(Args, Debug)]
 pub struct PackArgs {

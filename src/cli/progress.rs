@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::exec::Progress;
+use crate::exec::remote::RemoteEvent;
 use crate::exec::sources::Origin;
 
 /// `12.3s` under a minute, `4m05s` above.
@@ -23,6 +24,44 @@ pub fn human(d: Duration) -> String {
         format!("{s:.1}s")
     } else {
         format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    }
+}
+
+/// `812 B`, `3.4 MiB`, `1.6 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// One line on what the shared cache did.
+pub fn remote_line(e: &RemoteEvent) -> String {
+    match e {
+        RemoteEvent::Fetched {
+            stage,
+            from,
+            bytes: n,
+        } => {
+            format!("{stage}: fetched from {from} ({})", bytes(*n))
+        }
+        RemoteEvent::Stored {
+            stage,
+            to,
+            bytes: n,
+        } => {
+            format!("{stage}: stored in {to} ({} sent)", bytes(*n))
+        }
+        RemoteEvent::Present { stage, to } => format!("{stage}: already in {to}"),
+        RemoteEvent::Warning(w) => format!("warning: {w}"),
     }
 }
 
@@ -120,8 +159,15 @@ impl View {
                     self.say(format!("{target}: output in {}", path.display()));
                 }
             }
+            Progress::Remote(e) => self.remote(e),
         }
         self.heartbeat();
+    }
+
+    fn remote(&self, e: RemoteEvent) {
+        if self.verbose > 0 || !matches!(e, RemoteEvent::Present { .. }) {
+            self.say(remote_line(&e));
+        }
     }
 
     fn planned(&self, stage: &str, cached: bool, reasons: &[String]) {

@@ -40,6 +40,7 @@ use super::image;
 use super::plan::plan_stages;
 pub(super) use super::plan::{Origin, Planned};
 use super::prefetch::{self, Fetched, Unavailable};
+use super::remote::{self, Remote, RemoteEvent};
 use super::schedule;
 use super::sources::SourceOptions;
 use super::stage::{self, Context, SessionHooks, StageError};
@@ -63,6 +64,9 @@ pub struct Options {
     /// reused (the key rotates; what the session stages compile against is
     /// reused all the same).
     pub new_session: bool,
+    /// The shared cache: stores looked in on a local miss, and the one
+    /// every entry of the plan is stored in after the build.
+    pub remote: Remote,
 }
 
 /// The public half of a signing session, as the build sees it.
@@ -128,6 +132,8 @@ pub enum Progress {
         target: String,
         path: PathBuf,
     },
+    /// The shared cache fetched, stored or skipped an entry, or warns.
+    Remote(RemoteEvent),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +166,8 @@ pub struct Summary {
     /// Cached builds signed again for a new session, nothing run.
     pub resigned: Vec<String>,
     pub cached: Vec<String>,
+    /// Of the cached stages, those whose entry came from the shared cache.
+    pub fetched: Vec<String>,
     pub outputs: Vec<(String, PathBuf)>,
     pub session: Option<String>,
     /// The signing session's certificate (PEM), new or reused.
@@ -239,6 +247,13 @@ pub fn build_gated(
     })?;
     let platform = defs.platform.to_string();
     let (mut planned, index) = plan_stages(defs, plan, opts, &cache)?;
+    let fetched = remote::fill(
+        &mut planned,
+        &cache,
+        &opts.remote,
+        opts.new_session,
+        &mut |e| on(Progress::Remote(e)),
+    );
     let decision = decide(&mut planned, opts.new_session, on);
     report_plan(&planned, &cache, &platform, &decision, on);
     let sources = SourceOptions {
@@ -272,7 +287,14 @@ pub fn build_gated(
         ..Summary::default()
     };
     tally(&planned, &cache, &platform, &mut summary)?;
+    summary.fetched = fetched
+        .into_iter()
+        .filter(|s| summary.cached.contains(s))
+        .collect();
     summary.outputs = gate_and_export(plan, &planned, &index, &outputs, &summary, opts, gate, on)?;
+    remote::publish(&outputs, &cache, &opts.remote, &mut |e| {
+        on(Progress::Remote(e))
+    });
     Ok(summary)
 }
 

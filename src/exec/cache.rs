@@ -241,6 +241,35 @@ impl Cache {
     /// replacing an older entry of the same key (another session's).
     pub fn commit(&self, pending: Pending, mut meta: Meta) -> Result<Entry, CacheError> {
         meta.output_digest = fsops::tree_digest(&pending.out())?;
+        self.seal(pending, meta)
+    }
+
+    /// Seals a pending entry made elsewhere (the shared cache): only when
+    /// its tree has the digest its `meta` records; else it is removed and
+    /// the answer says what differs.
+    pub fn commit_fetched(
+        &self,
+        pending: Pending,
+        meta: Meta,
+    ) -> Result<Result<Entry, String>, CacheError> {
+        let actual = fsops::tree_digest(&pending.out())?;
+        if actual != meta.output_digest {
+            self.discard(pending)?;
+            return Ok(Err(format!(
+                "its files have digest {actual}, the entry records {}",
+                meta.output_digest
+            )));
+        }
+        self.seal(pending, meta).map(Ok)
+    }
+
+    /// Removes a pending entry.
+    pub fn discard(&self, pending: Pending) -> Result<(), CacheError> {
+        fsops::remove_tree(&pending.dir)?;
+        Ok(())
+    }
+
+    fn seal(&self, pending: Pending, mut meta: Meta) -> Result<Entry, CacheError> {
         meta.size = fsops::tree_size(&pending.out());
         let meta_path = pending.dir.join("meta.json");
         let text = serde_json::to_vec_pretty(&meta).map_err(|e| CacheError::Meta {

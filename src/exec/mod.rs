@@ -9,9 +9,11 @@
 //! stage runs, by `prefetch`), script items run by `sandbox` in the shell
 //! `shell` picks, the output committed to `cache`. `sbom` writes the SPDX
 //! documents (`spdx`) of `sbom:` steps into a stage's filesystem and
-//! follows them to the targets.
+//! follows them to the targets. `remote` shares `cache` entries through an
+//! OCI registry or layout (`--cache-from`, `--cache-to`).
 //!
-//! Imports only from `defs`, `graph` and `diag`; the signing session is
+//! Imports only from `defs`, `graph`, `diag` and `oci` (image inputs, the
+//! shared cache's transport); the signing session is
 //! given to it as a certificate and a callback, so it knows nothing of keys.
 
 pub mod build;
@@ -23,6 +25,7 @@ pub mod overlay;
 pub mod pkgdir;
 mod plan;
 pub mod prefetch;
+pub mod remote;
 pub mod sandbox;
 pub mod sbom;
 mod schedule;

@@ -8,8 +8,11 @@
 //! - `layout`: an OCI image layout directory used as a blob store; every
 //!   blob is hashed while it is written and renamed into place, so a blob's
 //!   name never lies, and every read is checked against its digest.
+//! - `layer`: deterministic image layers (a directory tree as a tar
+//!   stream, compressed into a blob, digest and diff ID in one pass).
 //! - `registry`: an OCI distribution client (push, pull, auth).
 
+pub mod layer;
 pub mod layout;
 pub mod reference;
 pub mod registry;

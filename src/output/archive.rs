@@ -298,8 +298,8 @@ pub fn to_docker_archive(
 mod tests {
     use super::*;
     use crate::defs::Platform;
+    use crate::oci::layer::{Compression, write_dir};
     use crate::output::image::{ImageMeta, write_image};
-    use crate::output::layer::{Compression, write_dir};
     use std::os::unix::fs::MetadataExt;
 
     fn staged(dir: &Path) -> (Layout, Descriptor, oci_spec::image::Digest) {

@@ -16,8 +16,8 @@ use oci_spec::image::{
     ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder,
 };
 
-use super::layer::Layer;
 use crate::defs::Platform;
+use crate::oci::layer::Layer;
 use crate::oci::layout::{Layout, LayoutError};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,7 @@
 //! Outputs: what a build leaves behind besides its root filesystems.
 //!
-//! - `layer`: a directory tree as a deterministic, compressed layer blob.
+//! - layers (a directory tree as a deterministic, compressed blob) are
+//!   `oci::layer`'s; the execution phase's remote cache writes them too.
 //! - `image`: config, manifest and multi-platform index around layers.
 //! - `archive`: an image written as an OCI layout, an `oci-archive` or a
 //!   `docker-archive` tarball (the `docker save` format).
@@ -20,7 +21,6 @@ pub mod extension;
 pub mod foreign;
 pub mod image;
 pub mod kmod;
-pub mod layer;
 pub mod pack;
 pub mod publish;
 pub mod tag;
@@ -28,9 +28,9 @@ pub mod tag;
 use std::io;
 use std::path::PathBuf;
 
+pub use crate::oci::layer::{Compression, Layer, LayerError};
 pub use archive::ArchiveError;
 pub use image::{ImageError, ImageMeta, write_image, write_index};
-pub use layer::{Compression, Layer, LayerError};
 
 /// Why an output could not be written.
 #[derive(Debug, thiserror::Error)]

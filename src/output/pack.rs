@@ -14,10 +14,10 @@ use oci_spec::image::Descriptor;
 
 use super::extension::{self, ManifestInfo};
 use super::image::{ImageMeta, write_image};
-use super::layer::{Compression, write_dir};
 use super::publish::Staging;
 use super::{OutputError, kmod};
 use crate::defs::Platform;
+use crate::oci::layer::{Compression, write_dir};
 use crate::validate::{self, Context, Kind, Report, Selection};
 
 /// What kind of image a stage becomes.

@@ -3,12 +3,13 @@
 //! bundled demo tree, `debian` for Debian's kernels, `registry` for a real
 //! registry, `scaffold` for `composer new`, `kmod` for module stages without
 //! a kernel, `node` for `composer kmod`, `guest` for `composer kmod` on a
-//! kernel booted under QEMU.
+//! kernel booted under QEMU, `ktree` for the stand-in session tree.
 
 pub mod debian;
 pub mod demo;
 pub mod guest;
 pub mod kmod;
+pub mod ktree;
 pub mod node;
 pub mod registry;
 pub mod scaffold;

@@ -123,6 +123,70 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// The tags of `repo` (`/v2/<repo>/tags/list`).
+    pub fn tags(&self, repo: &str) -> Vec<String> {
+        let v = self.get_json(&format!("/v2/{repo}/tags/list"));
+        let mut tags: Vec<String> = v["tags"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        tags.sort();
+        tags
+    }
+
+    /// The manifest `reference` of `repo` names, as JSON.
+    pub fn manifest(&self, repo: &str, reference: &str) -> serde_json::Value {
+        self.get_json(&format!("/v2/{repo}/manifests/{reference}"))
+    }
+
+    /// Where the registry keeps the blob `digest` (`sha256:<hex>`) on disk.
+    pub fn blob_file(&self, digest: &str) -> std::path::PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// Every blob the registry stores.
+    pub fn blob_files(&self) -> Vec<std::path::PathBuf> {
+        let root = self.dir.path().join("data/docker/registry/v2/blobs");
+        let mut out = Vec::new();
+        let mut todo = vec![root];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else if p.file_name().is_some_and(|n| n == "data") {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+
+    fn get_json(&self, path: &str) -> serde_json::Value {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.write_all(
+            format!(
+                "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {answer}"))
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }

@@ -1,4 +1,5 @@
-//! Whether a registry holds a tag, and which manifest it names: `HEAD
+//! Whether a registry holds a tag, which manifest it names, and that
+//! manifest's bytes ([`manifest_bytes`]): `HEAD
 //! /v2/<repo>/manifests/<tag>`, read-only (the connection asks for pull
 //! access only).
 //!
@@ -61,6 +62,36 @@ fn get_and_hash(
     url: &str,
     reference: &str,
 ) -> Result<Option<Digest>, RegistryError> {
+    Ok(get(client, url, reference)?.map(|(digest, _)| digest))
+}
+
+/// The manifest or index `r` names, as its digest and exact bytes, or
+/// `None` when the registry has no such manifest. When `r` names a digest,
+/// bytes with another digest are an error.
+pub fn manifest_bytes(
+    r: &RegistryRef,
+    opts: &RegistryOptions,
+) -> Result<Option<(Digest, Vec<u8>)>, RegistryError> {
+    let mut client = Client::connect(r, opts, false)?;
+    let reference = r.manifest_reference();
+    let url = client.url(&format!("/manifests/{reference}"));
+    let got = get(&mut client, &url, reference)?;
+    if let (Some(want), Some((digest, _))) = (&r.digest, &got)
+        && *want != digest.to_string()
+    {
+        return Err(RegistryError::Manifest {
+            reference: r.to_string(),
+            message: format!("the registry answered a manifest with digest {digest}"),
+        });
+    }
+    Ok(got)
+}
+
+fn get(
+    client: &mut Client<'_>,
+    url: &str,
+    reference: &str,
+) -> Result<Option<(Digest, Vec<u8>)>, RegistryError> {
     let op = format!("GET manifest {reference}");
     let mut resp = client.send_retrying(
         Method::GET,
@@ -85,5 +116,60 @@ fn get_and_hash(
             operation: op.clone(),
             message: e.to_string(),
         })?;
-    Ok(Some(sha256_digest(&hex::encode(Sha256::digest(&bytes)))))
+    let digest = sha256_digest(&hex::encode(Sha256::digest(&bytes)));
+    Ok(Some((digest, bytes)))
+}
+
+/// Every tag of `r`'s repository (`GET /v2/<repo>/tags/list`, following
+/// the `Link` header of a paginated answer); empty when the repository
+/// does not exist.
+pub fn tags(r: &RegistryRef, opts: &RegistryOptions) -> Result<Vec<String>, RegistryError> {
+    let mut client = Client::connect(r, opts, false)?;
+    let mut url = client.url("/tags/list?n=1000");
+    let mut out = Vec::new();
+    loop {
+        let op = "GET tags/list".to_string();
+        let mut resp = client.send_retrying(Method::GET, &url, &[], None, &op, &|_, _| {})?;
+        match resp.status().as_u16() {
+            404 => return Ok(out),
+            200 => {}
+            _ => return Err(client.fail(resp, &op)),
+        }
+        let next = header(&resp, "link").and_then(next_link);
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(MANIFEST_LIMIT)
+            .read_to_vec()
+            .map_err(|e| RegistryError::Transport {
+                reference: client.reference().to_string(),
+                operation: op.clone(),
+                message: e.to_string(),
+            })?;
+        let list: TagList = serde_json::from_slice(&body).map_err(|e| RegistryError::Manifest {
+            reference: r.to_string(),
+            message: format!("tags/list: {e}"),
+        })?;
+        out.extend(list.tags.unwrap_or_default());
+        match next {
+            Some(path) => url = client.resolve(&path),
+            None => return Ok(out),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct TagList {
+    tags: Option<Vec<String>>,
+}
+
+/// The target of `<...>; rel="next"` in a `Link` header.
+fn next_link(link: &str) -> Option<String> {
+    link.split(',')
+        .find(|part| part.contains("rel=\"next\""))
+        .and_then(|part| {
+            let start = part.find('<')? + 1;
+            let end = part.find('>')?;
+            Some(part[start..end].to_string())
+        })
 }

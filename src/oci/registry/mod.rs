@@ -45,7 +45,7 @@ use oci_spec::image::{Digest, MediaType};
 use super::layout::LayoutError;
 use super::reference::RegistryRef;
 
-pub use head::manifest_digest;
+pub use head::{manifest_bytes, manifest_digest, tags};
 pub use pull::pull;
 pub use push::push;
 

@@ -1,0 +1,602 @@
+//! The stage cache shared past one machine: every entry the local cache
+//! keeps can also live in an OCI store (a registry repository, or an `oci:`
+//! layout directory for an air-gapped copy), addressed by the stage's key.
+//! CI cells and laptops read (`--cache-from`) and write (`--cache-to`) the
+//! same store; the registry is the only thing they share.
+//!
+//! - `artifact`: an entry as an OCI artifact (meta.json + a zstd tar of
+//!   `out/`), a signing session as an index over its stages' artifacts.
+//! - `store`: the registry or layout behind a reference.
+//! - here: which entries are fetched before a build decides what runs
+//!   ([`fill`]), and which are stored after it ([`publish`]).
+//!
+//! Invariants:
+//! - A signing session travels as one unit: its stages are fetched only
+//!   when the store's session index lists every session stage the plan
+//!   has, and all of them land in the cache or none does; a session is
+//!   stored stage by stage, then its index last.
+//! - What is fetched is checked by digest while it is read, and its tree
+//!   against the digest the entry recorded, before it is committed: the
+//!   local cache then holds exactly what a local build would have left.
+//! - The shared cache never fails a build: a store that cannot be reached
+//!   is a warning (and is not asked again in this build), a damaged entry
+//!   is a warning and the stage is built here.
+//! - Storing a key the store already has sends nothing (for a session
+//!   stage: the session's index is there). Two writers racing on one key
+//!   both succeed; the tag names one entry.
+//! - Nothing secret is sent: entries hold no session key (the cache never
+//!   does), and only `meta.json` and `out/` travel.
+
+pub mod artifact;
+pub mod store;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::cache::{Cache, CacheError, Entry, Meta, Pending};
+use super::plan::Planned;
+use crate::oci::layer::LayerError;
+use crate::oci::layout::{Layout, LayoutError};
+use crate::oci::registry::{RegistryError, RegistryOptions};
+pub use store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Damaged(String),
+}
+
+impl RemoteError {
+    /// Whether the store itself failed (not one entry): unreachable, TLS,
+    /// credentials, a server error. It is not asked again in this build.
+    fn store_failed(&self) -> bool {
+        matches!(self, RemoteError::Registry(e) if registry_unusable(e))
+    }
+}
+
+fn registry_unusable(e: &RegistryError) -> bool {
+    match e {
+        RegistryError::PlainHttp { .. }
+        | RegistryError::Tls { .. }
+        | RegistryError::Transport { .. }
+        | RegistryError::Unauthorized { .. }
+        | RegistryError::InsecureCredentials { .. }
+        | RegistryError::Credentials { .. } => true,
+        RegistryError::Status { status, .. } => *status >= 500,
+        RegistryError::RetriesExhausted { last, .. } => registry_unusable(last),
+        _ => false,
+    }
+}
+
+/// Where a build reads and writes shared entries.
+#[derive(Clone, Debug, Default)]
+pub struct Remote {
+    /// Looked in, in order, on a local miss.
+    pub from: Vec<Store>,
+    /// Every entry of the plan is stored here after the build.
+    pub to: Option<Store>,
+    pub registry: RegistryOptions,
+}
+
+impl Remote {
+    pub fn is_empty(&self) -> bool {
+        self.from.is_empty() && self.to.is_none()
+    }
+
+    /// Registry options for the cache: few retries and short waits, so an
+    /// unreachable registry costs seconds, not minutes.
+    pub fn registry_options(insecure: bool) -> RegistryOptions {
+        RegistryOptions {
+            insecure,
+            retries: 2,
+            backoff: Duration::from_millis(200),
+            connect_timeout: Duration::from_secs(10),
+            ..RegistryOptions::default()
+        }
+    }
+}
+
+/// What the shared cache did, for the build's report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteEvent {
+    /// A stage's entry came from `from`: `bytes` read.
+    Fetched {
+        stage: String,
+        from: String,
+        bytes: u64,
+    },
+    /// A stage's entry was stored in `to`: `bytes` sent.
+    Stored {
+        stage: String,
+        to: String,
+        bytes: u64,
+    },
+    /// `to` already had the stage's entry: nothing sent.
+    Present { stage: String, to: String },
+    /// Something failed; the build goes on without it.
+    Warning(String),
+}
+
+/// A store and whether it still answers.
+struct Source<'a> {
+    store: &'a Store,
+    usable: bool,
+}
+
+/// Reads entries from the `--cache-from` stores.
+struct Reader<'a> {
+    sources: Vec<Source<'a>>,
+    cache: &'a Cache,
+    opts: &'a RegistryOptions,
+}
+
+impl Reader<'_> {
+    /// A scratch directory in the cache's `tmp/` (emptied by every build).
+    fn scratch(&self) -> Result<PathBuf, CacheError> {
+        let p = self.cache.begin()?;
+        Ok(p.dir)
+    }
+
+    /// Reports a failure of `source`; a failed store is not asked again.
+    fn failed(
+        source: &mut Source<'_>,
+        what: &str,
+        e: RemoteError,
+        on: &mut dyn FnMut(RemoteEvent),
+    ) {
+        if e.store_failed() {
+            source.usable = false;
+            on(RemoteEvent::Warning(format!(
+                "shared cache {} cannot be used ({e}); going on without it",
+                source.store
+            )));
+        } else {
+            on(RemoteEvent::Warning(format!(
+                "{what} from {} is damaged ({e}); it is built here",
+                source.store
+            )));
+        }
+    }
+
+    /// One stage's entry from `store` (by tag, or by manifest digest),
+    /// pending in the cache with its meta and the bytes read.
+    fn read(
+        &self,
+        store: &Store,
+        key: &str,
+        digest: Option<&str>,
+    ) -> Result<Option<(Pending, Meta, u64)>, RemoteError> {
+        let scratch = self.scratch()?;
+        let found = store.fetch(
+            &artifact::stage_tag(key),
+            digest,
+            &scratch.join("layout"),
+            self.opts,
+        );
+        let result = match found {
+            Ok(Some(f)) => artifact::read_stage(&f.layout, &f.manifest, key, self.cache).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        let _ = super::fsops::remove_tree(&scratch);
+        result
+    }
+
+    /// A stage's entry from the first store that has it, committed.
+    fn stage(&mut self, name: &str, key: &str, on: &mut dyn FnMut(RemoteEvent)) -> Option<Entry> {
+        for i in 0..self.sources.len() {
+            if !self.sources[i].usable {
+                continue;
+            }
+            let store = self.sources[i].store;
+            let got = self
+                .read(store, key, None)
+                .and_then(|r| r.map(|p| self.commit(p)).transpose());
+            match got {
+                Ok(None) => {}
+                Ok(Some((entry, bytes))) => {
+                    on(RemoteEvent::Fetched {
+                        stage: name.to_string(),
+                        from: store.to_string(),
+                        bytes,
+                    });
+                    return Some(entry);
+                }
+                Err(e) => Self::failed(&mut self.sources[i], name, e, on),
+            }
+        }
+        None
+    }
+
+    fn commit(
+        &self,
+        (pending, meta, bytes): (Pending, Meta, u64),
+    ) -> Result<(Entry, u64), RemoteError> {
+        let entry = self
+            .cache
+            .commit_fetched(pending, meta)?
+            .map_err(RemoteError::Damaged)?;
+        Ok((entry, bytes))
+    }
+}
+
+/// Before the build decides what runs: every stage with no local entry is
+/// looked for in the `--cache-from` stores, and what is found becomes its
+/// entry. The signing session's stages come as one unit, and only when
+/// the local cache cannot reuse a session already and no new one was
+/// asked for.
+pub(crate) fn fill(
+    planned: &mut [Planned<'_>],
+    cache: &Cache,
+    remote: &Remote,
+    new_session: bool,
+    on: &mut dyn FnMut(RemoteEvent),
+) -> Vec<String> {
+    let mut fetched = Vec::new();
+    if remote.from.is_empty() {
+        return fetched;
+    }
+    let mut reader = Reader {
+        sources: remote
+            .from
+            .iter()
+            .map(|store| Source {
+                store,
+                usable: true,
+            })
+            .collect(),
+        cache,
+        opts: &remote.registry,
+    };
+    for p in planned.iter_mut() {
+        if p.hit.is_none() && !p.in_session {
+            p.hit = reader.stage(&p.package.pkg.name.value, &p.key, on);
+            if p.hit.is_some() {
+                p.run = false;
+                fetched.push(p.package.pkg.name.value.clone());
+            }
+        }
+    }
+    let session: Vec<usize> = (0..planned.len())
+        .filter(|&i| planned[i].in_session)
+        .collect();
+    if session.is_empty() || new_session || local_session_reusable(planned, &session) {
+        return fetched;
+    }
+    for s in 0..reader.sources.len() {
+        if !reader.sources[s].usable {
+            continue;
+        }
+        match fetch_session(&reader, reader.sources[s].store, planned, &session) {
+            Ok(None) => {}
+            Ok(Some(got)) => {
+                for (i, entry, bytes) in got {
+                    let stage = planned[i].package.pkg.name.value.clone();
+                    on(RemoteEvent::Fetched {
+                        stage: stage.clone(),
+                        from: reader.sources[s].store.to_string(),
+                        bytes,
+                    });
+                    fetched.push(stage);
+                    planned[i].hit = Some(entry);
+                    planned[i].run = false;
+                }
+                return fetched;
+            }
+            Err(e) => Reader::failed(&mut reader.sources[s], "the signing session", e, on),
+        }
+    }
+    fetched
+}
+
+/// Every entry of `from` that the cache does not have, fetched and
+/// committed: each signing session whole (or not at all), then each entry
+/// outside a session. Returns how many entries landed.
+pub fn fetch_all(
+    from: &Store,
+    cache: &Cache,
+    opts: &RegistryOptions,
+    on: &mut dyn FnMut(RemoteEvent),
+) -> Result<usize, RemoteError> {
+    let reader = Reader {
+        sources: vec![Source {
+            store: from,
+            usable: true,
+        }],
+        cache,
+        opts,
+    };
+    let tags = from.tags(opts)?;
+    let mut landed = 0;
+    let (sessions, stages): (Vec<&String>, Vec<&String>) =
+        tags.iter().partition(|t| t.starts_with("session-"));
+    for tag in sessions {
+        let Some(members) = from.session_members(tag, opts)? else {
+            continue;
+        };
+        let id = tag.trim_start_matches("session-");
+        let missing: Vec<(String, String)> = members
+            .iter()
+            .filter(|(key, _)| {
+                cache
+                    .lookup(key)
+                    .and_then(|e| e.meta.session)
+                    .is_none_or(|s| artifact::session_tag(&s) != *tag)
+            })
+            .map(|(key, d)| (key.clone(), d.digest().to_string()))
+            .collect();
+        let got = fetch_members(&reader, from, id, &missing)?;
+        for (key, bytes) in got {
+            on(RemoteEvent::Fetched {
+                stage: cache.lookup(&key).map(|e| e.meta.stage).unwrap_or(key),
+                from: from.to_string(),
+                bytes,
+            });
+            landed += 1;
+        }
+    }
+    for tag in stages {
+        if cache.lookup(tag).is_some() || from.session_of(tag, opts)?.is_some() {
+            continue;
+        }
+        if let Some(p) = reader.read(from, tag, None)? {
+            let (entry, bytes) = reader.commit(p)?;
+            on(RemoteEvent::Fetched {
+                stage: entry.meta.stage,
+                from: from.to_string(),
+                bytes,
+            });
+            landed += 1;
+        }
+    }
+    Ok(landed)
+}
+
+/// The entries `(key, manifest digest)` of session `id`, all read, then
+/// all committed; on any failure none is kept.
+fn fetch_members(
+    reader: &Reader<'_>,
+    store: &Store,
+    id: &str,
+    members: &[(String, String)],
+) -> Result<Vec<(String, u64)>, RemoteError> {
+    let mut pending = Vec::new();
+    for (n, (key, digest)) in members.iter().enumerate() {
+        match reader.read(store, key, Some(digest)) {
+            Ok(Some(p))
+                if p.1.session.as_deref().map(artifact::session_tag)
+                    == Some(artifact::session_tag(id)) =>
+            {
+                pending.push((n, p))
+            }
+            other => {
+                discard_all(reader.cache, pending, other.ok().flatten().map(|p| p.0));
+                return Err(RemoteError::Damaged(format!(
+                    "the entry {key} listed in session {id} is missing, damaged or of another session"
+                )));
+            }
+        }
+    }
+    commit_all(reader, pending).map(|got| {
+        got.into_iter()
+            .map(|(n, _, bytes)| (members[n].0.clone(), bytes))
+            .collect()
+    })
+}
+
+/// Commits every pending entry, or none: on a failure, those committed
+/// already are removed again.
+fn commit_all(
+    reader: &Reader<'_>,
+    pending: Vec<(usize, (Pending, Meta, u64))>,
+) -> Result<Vec<Landed>, RemoteError> {
+    let mut out = Vec::new();
+    let mut left = pending.into_iter();
+    while let Some((i, p)) = left.next() {
+        match reader.commit(p) {
+            Ok((entry, bytes)) => out.push((i, entry, bytes)),
+            Err(e) => {
+                for (_, (rest, _, _)) in left {
+                    let _ = reader.cache.discard(rest);
+                }
+                for (_, entry, _) in out {
+                    let _ = reader.cache.remove(&entry.dir);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A fetched entry in the cache: the plan's stage (or a member's index),
+/// the entry, the bytes read.
+type Landed = (usize, Entry, u64);
+
+/// Whether every session stage has a local entry of one same session.
+fn local_session_reusable(planned: &[Planned<'_>], session: &[usize]) -> bool {
+    let ids: Vec<Option<&str>> = session
+        .iter()
+        .map(|&i| {
+            planned[i]
+                .hit
+                .as_ref()
+                .and_then(|h| h.meta.session.as_deref())
+        })
+        .collect();
+    ids.iter().all(|id| id.is_some()) && ids.windows(2).all(|w| w[0] == w[1])
+}
+
+/// The session the store holds for the plan's session stages, all of them
+/// read and committed; `None` when the store has no session covering them.
+fn fetch_session(
+    reader: &Reader<'_>,
+    store: &Store,
+    planned: &[Planned<'_>],
+    session: &[usize],
+) -> Result<Option<Vec<Landed>>, RemoteError> {
+    let first = &planned[session[0]].key;
+    let Some(id) = store.session_of(&artifact::stage_tag(first), reader.opts)? else {
+        return Ok(None);
+    };
+    let Some(members) = store.session_members(&artifact::session_tag(&id), reader.opts)? else {
+        return Ok(None);
+    };
+    if !session
+        .iter()
+        .all(|&i| members.contains_key(&planned[i].key))
+    {
+        return Ok(None);
+    }
+    let wanted: Vec<(String, String)> = session
+        .iter()
+        .map(|&i| {
+            let key = planned[i].key.clone();
+            let digest = members[&key].digest().to_string();
+            (key, digest)
+        })
+        .collect();
+    let got = fetch_members(reader, store, &id, &wanted)?;
+    let mut out = Vec::new();
+    for (key, bytes) in got {
+        let i = session
+            .iter()
+            .copied()
+            .find(|&i| planned[i].key == key)
+            .ok_or_else(|| RemoteError::Invalid(format!("no stage with key {key}")))?;
+        let entry = reader
+            .cache
+            .lookup(&key)
+            .ok_or_else(|| RemoteError::Invalid(format!("entry {key} vanished")))?;
+        out.push((i, entry, bytes));
+    }
+    Ok(Some(out))
+}
+
+fn discard_all(cache: &Cache, pending: Vec<(usize, (Pending, Meta, u64))>, extra: Option<Pending>) {
+    for (_, (p, _, _)) in pending {
+        let _ = cache.discard(p);
+    }
+    if let Some(p) = extra {
+        let _ = cache.discard(p);
+    }
+}
+
+/// After a successful build: every stage's entry is stored in `--cache-to`
+/// unless it is there already (`outputs`: the entries of the plan).
+pub(crate) fn publish(
+    outputs: &[Entry],
+    cache: &Cache,
+    remote: &Remote,
+    on: &mut dyn FnMut(RemoteEvent),
+) {
+    let Some(to) = &remote.to else {
+        return;
+    };
+    if let Err(e) = store_entries(to, outputs, cache, &remote.registry, on) {
+        on(RemoteEvent::Warning(format!(
+            "storing in the shared cache {to} stopped: {e}"
+        )));
+    }
+}
+
+/// Stores `entries` in `to`: each entry outside a signing session on its
+/// own, each session's entries together, then the session's index.
+pub fn store_entries(
+    to: &Store,
+    entries: &[Entry],
+    cache: &Cache,
+    opts: &RegistryOptions,
+    on: &mut dyn FnMut(RemoteEvent),
+) -> Result<(), RemoteError> {
+    let scratch = cache.begin()?.dir;
+    let result = (|| {
+        let layout = Layout::create(&scratch.join("layout"))?;
+        let mut sessions: std::collections::BTreeMap<&str, Vec<&Entry>> = Default::default();
+        for entry in entries {
+            match entry.meta.session.as_deref() {
+                Some(id) => sessions.entry(id).or_default().push(entry),
+                None => store_stage(to, &layout, entry, opts, on)?,
+            }
+        }
+        for (id, members) in sessions {
+            store_session(to, &layout, id, &members, opts, on)?;
+        }
+        Ok(())
+    })();
+    let _ = super::fsops::remove_tree(&scratch);
+    result
+}
+
+/// One stage's entry, unless the store has its key.
+fn store_stage(
+    to: &Store,
+    layout: &Layout,
+    entry: &Entry,
+    opts: &RegistryOptions,
+    on: &mut dyn FnMut(RemoteEvent),
+) -> Result<(), RemoteError> {
+    let tag = artifact::stage_tag(&entry.meta.key);
+    if to.has(&tag, opts)? {
+        on(RemoteEvent::Present {
+            stage: entry.meta.stage.clone(),
+            to: to.to_string(),
+        });
+        return Ok(());
+    }
+    let desc = artifact::write_stage(layout, &entry.meta, &entry.out())?;
+    let bytes = to.put(layout, &desc, &tag, opts)?;
+    on(RemoteEvent::Stored {
+        stage: entry.meta.stage.clone(),
+        to: to.to_string(),
+        bytes,
+    });
+    Ok(())
+}
+
+/// The session's stages (tagged by key, replacing another session's
+/// entry of the same key), then its index; nothing when the store has the
+/// index already.
+fn store_session(
+    to: &Store,
+    layout: &Layout,
+    id: &str,
+    entries: &[&Entry],
+    opts: &RegistryOptions,
+    on: &mut dyn FnMut(RemoteEvent),
+) -> Result<(), RemoteError> {
+    let index_tag = artifact::session_tag(id);
+    if to.has(&index_tag, opts)? {
+        for entry in entries {
+            on(RemoteEvent::Present {
+                stage: entry.meta.stage.clone(),
+                to: to.to_string(),
+            });
+        }
+        return Ok(());
+    }
+    let mut members = Vec::new();
+    for entry in entries {
+        let desc = artifact::write_stage(layout, &entry.meta, &entry.out())?;
+        let bytes = to.put(layout, &desc, &artifact::stage_tag(&entry.meta.key), opts)?;
+        on(RemoteEvent::Stored {
+            stage: entry.meta.stage.clone(),
+            to: to.to_string(),
+            bytes,
+        });
+        members.push(desc);
+    }
+    let index = artifact::write_session(layout, id, &members)?;
+    to.put(layout, &index, &index_tag, opts)?;
+    Ok(())
+}
