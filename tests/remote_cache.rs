@@ -13,7 +13,8 @@
 //!   an unreachable registry is a warning;
 //! - storing what is there sends nothing; two writers racing on the same
 //!   keys both succeed and each key has one tag;
-//! - an `oci:` directory carries the cache to an air-gapped machine.
+//! - an `oci:` directory carries the cache to an air-gapped machine;
+//!   `composer cache push|pull` carry a whole cache.
 
 mod common;
 
@@ -253,6 +254,50 @@ fn an_oci_directory_carries_the_cache_to_an_air_gapped_machine() {
         "{e}"
     );
     same_outputs(a.path(), b.path());
+}
+
+/// `composer cache ARGS... --cache-dir <p>/cache`; its stderr.
+fn cache_cmd(p: &Path, args: &[&str]) -> String {
+    let mut all = vec!["cache", "--cache-dir", "cache"];
+    all.extend_from_slice(args);
+    let o = composer(p, &all);
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{args:?}:\n{e}");
+    e
+}
+
+#[test]
+fn cache_push_and_pull_carry_a_whole_cache_through_a_registry_and_a_directory() {
+    let registry = Registry::start();
+    let repo = format!("{}/team/seed", registry.addr());
+    let usb = tempfile::tempdir().unwrap();
+    let dir = format!("oci:{}", usb.path().join("cache").display());
+    // The connected site: built without any shared cache, then pushed.
+    let a = project("hello");
+    build(a.path(), &["kcert", "mods"]);
+    let e = cache_cmd(a.path(), &["push", "--insecure", &repo]);
+    assert!(e.contains("3 entries in"), "{e}");
+    assert_eq!(
+        registry.tags("team/seed").len(),
+        4,
+        "three stages, one session"
+    );
+    // A relay fetches it all from the registry and writes the directory.
+    let relay = project("hello");
+    let e = cache_cmd(relay.path(), &["pull", "--insecure", &repo]);
+    assert!(e.contains("3 entries fetched"), "{e}");
+    let e = cache_cmd(relay.path(), &["push", &dir]);
+    assert!(e.contains("3 entries in"), "{e}");
+    // The air-gapped machine: the directory only.
+    let b = project("hello");
+    let e = cache_cmd(b.path(), &["pull", &dir]);
+    assert!(e.contains("3 entries fetched"), "{e}");
+    let e = build(b.path(), &["kcert", "mods"]);
+    assert!(e.contains("built 0 stage(s), 3 cached, in"), "{e}");
+    same_outputs(a.path(), b.path());
+    // Pulling again brings nothing new.
+    let e = cache_cmd(b.path(), &["pull", &dir]);
+    assert!(e.contains("0 entries fetched"), "{e}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
-//! The session's private key never reaches the cache, the outputs or the
-//! logs: a build that signs modules runs in-process, then every file it
-//! wrote is scanned for the key's PKCS#8 DER, its raw scalar and PEM
-//! private-key markers.
+//! The session's private key never reaches the cache, the outputs, the
+//! logs or the shared cache (`--cache-to`): a build that signs modules runs
+//! in-process, then every file it wrote (the shared cache's layers
+//! decompressed) is scanned for the key's PKCS#8 DER, its raw scalar and
+//! PEM private-key markers.
 
 mod common;
 
@@ -91,7 +92,11 @@ fn signing_build(pkg: &str, in_tree: bool) -> (tempfile::TempDir, Session) {
         epoch: None,
         insecure: false,
         new_session: false,
-        remote: Default::default(),
+        // The shared cache gets every entry: audited like the rest.
+        remote: exec::remote::Remote {
+            to: Some(exec::remote::Store::Layout(d.path().join("shared"))),
+            ..Default::default()
+        },
     };
     let summary = exec::build(&defs, &plan, &opts, &mut start, Some(&hooks), &mut |_| {}).unwrap();
     assert_eq!(summary.built, ["mods"]);
@@ -99,14 +104,24 @@ fn signing_build(pkg: &str, in_tree: bool) -> (tempfile::TempDir, Session) {
     (d, s)
 }
 
-/// Asserts that no file under `dir` holds the session's key material.
+/// Asserts that no file under `dir` holds the session's key material;
+/// the layers of the shared cache (zstd) are scanned decompressed too.
 fn assert_no_key_material(dir: &Path, s: &Session) {
     let patterns = s.secret_patterns_for_audit();
     assert_eq!(patterns.len(), 2, "PKCS#8 and the raw scalar");
     let all = files(dir);
     assert!(all.len() > 10, "the scan sees the cache, outputs and logs");
+    let layers = all
+        .iter()
+        .filter(|f| f.starts_with(dir.join("shared/blobs")))
+        .filter(|f| fs::read(f).unwrap().starts_with(&[0x28, 0xb5, 0x2f, 0xfd]))
+        .count();
+    assert_eq!(layers, 1, "the shared cache holds the stage's layer");
     for f in all {
-        let bytes = fs::read(&f).unwrap();
+        let mut bytes = fs::read(&f).unwrap();
+        if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            bytes = zstd::decode_all(&bytes[..]).unwrap();
+        }
         for p in &patterns {
             assert!(
                 !bytes.windows(p.len()).any(|w| w == &p[..]),

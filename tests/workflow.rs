@@ -315,3 +315,27 @@ fn kmods_job_matrix_is_one_cell_per_kernel_release_from_its_plan() {
         assert!(build.contains(needed), "kmods job lacks {needed}: {build}");
     }
 }
+
+#[test]
+fn every_build_cell_reads_and_writes_the_shared_stage_cache() {
+    let wf = workflow();
+    let builds: Vec<(String, String)> = run_scripts(&wf)
+        .into_iter()
+        .filter(|(_, script)| script.contains("composer build --platform"))
+        .filter(|(_, script)| !script.contains("--push"))
+        .collect();
+    assert_eq!(builds.len(), 1, "the build cell's build step: {builds:?}");
+    let (step, script) = &builds[0];
+    assert!(
+        script.contains(r#"cache="ghcr.io/${GITHUB_REPOSITORY_OWNER,,}/composer-cache""#),
+        "{step}: the project's registry namespace (lowercase for ghcr.io)"
+    );
+    assert!(
+        script.contains(r#"--cache-from "${cache}" --cache-to "${cache}""#),
+        "{step}: reads and writes the same cache"
+    );
+    assert!(
+        script.contains("REGISTRY_AUTH_FILE") && script.contains("trap 'rm -f"),
+        "{step}: credentials for the push, removed afterwards"
+    );
+}
