@@ -70,7 +70,8 @@ test: setup
 	  $(CARGO) test --locked --no-fail-fast; \
 	fi
 
-# bench/build.sh: cold, no-op, touched-module and new-session builds of the demo tree.
+# bench/build.sh: cold, no-op, touched-module and new-session builds of the demo tree,
+# and an empty machine reading a warm registry cache (--cache-from).
 # bench/verify.sh: composer verify against grep and openssl on Debian's kernel.
 # bench/pack.sh: packing a ~500 MB module tree against tar | zstd and umoci.
 # bench/installer.sh: image-installer on the demo (base + 2 extensions) against

@@ -8,7 +8,9 @@
 //! test function:
 //! the steps share one expensive build, and the installer built from it
 //! boots too (tests/kernel/installer.rs), and its KMM image installs and
-//! loads on a node booted from it (tests/kernel/node.rs). A second test takes the real
+//! loads on a node booted from it (tests/kernel/node.rs), and its stages travel
+//! through a registry cache to a second machine that builds nothing and boots
+//! the same installer (tests/kernel/shared.rs). A second test takes the real
 //! HailoRT driver through the same chain (tests/kernel/hailort.rs).
 
 mod common;
@@ -18,6 +20,8 @@ mod hailort;
 mod installer;
 #[path = "kernel/node.rs"]
 mod node;
+#[path = "kernel/shared.rs"]
+mod shared;
 
 use common::demo::{copy_project, digest_args, modinfo, release};
 
@@ -132,6 +136,8 @@ fn demo_tree_builds_kernel_and_module_then_caches_and_rebuilds_only_the_session(
 
     no_private_key_in_the_cache();
     let old_cert = fs::read(&cert).unwrap();
+    // Past one machine: the chain through a registry cache.
+    shared::two_machines(p.path(), &rel);
     // Nothing changed: everything is cached.
     let (_, e) = build(
         p.path(),
@@ -181,8 +187,8 @@ fn demo_tree_builds_kernel_and_module_then_caches_and_rebuilds_only_the_session(
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
 }
 
-/// The kernel was compiled with no key: its build tree (kernel-build's
-/// entry, in the cache with every other stage; `CONFIG_MODULE_SIG_KEY=""`) has no `signing_key.pem`
+/// The kernel was compiled with no key: its build tree (the kernel-build
+/// entry this cache built last, in the cache with every other stage; `CONFIG_MODULE_SIG_KEY=""`) has no `signing_key.pem`
 /// or `x509.genkey` anywhere and an empty `certs/signing_key.x509`; no file
 /// of `certs/`, and none of any other stage's output, holds a PEM private
 /// key or the DER start of a PKCS#8 EC or RSA private key (version 0, then
@@ -191,15 +197,16 @@ fn demo_tree_builds_kernel_and_module_then_caches_and_rebuilds_only_the_session(
 /// source tree is not grepped.)
 fn no_private_key_in_the_cache() {
     let stages = cache_dir().join("stages");
-    let trees: Vec<PathBuf> = fs::read_dir(&stages)
-        .unwrap()
-        .map(|e| e.unwrap().path().join("out/src"))
-        .filter(|src| src.join("vmlinux").is_file())
-        .collect();
+    // The tree this cache built last (the cache, kept across test runs, may
+    // hold trees earlier versions of the definitions built).
+    let last = cache_dir().join("last/linux-amd64/kernel-build.json");
+    let fp: composer::exec::key::Fingerprint =
+        serde_json::from_slice(&fs::read(&last).unwrap()).unwrap();
+    let trees: Vec<PathBuf> = vec![stages.join(fp.key()).join("out/src")];
     assert!(
-        !trees.is_empty(),
+        trees[0].join("vmlinux").is_file(),
         "a kernel build tree in {}",
-        stages.display()
+        trees[0].display()
     );
     for src in &trees {
         assert_eq!(

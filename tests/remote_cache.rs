@@ -13,6 +13,9 @@
 //!   an unreachable registry is a warning;
 //! - storing what is there sends nothing; two writers racing on the same
 //!   keys both succeed and each key has one tag;
+//! - a session index that lacks a stage of the plan brings none of the
+//!   session; a tag that is not a stage key names no directory; machines
+//!   with different umasks agree;
 //! - an `oci:` directory carries the cache to an air-gapped machine;
 //!   `composer cache push|pull` carry a whole cache.
 
@@ -318,6 +321,127 @@ fn a_cache_reference_with_a_tag_is_refused_before_anything_runs() {
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(e.contains("a cache is a repository"), "{e}");
     assert!(!b.path().join("cache").exists() && !b.path().join("_out").exists());
+}
+
+/// The layout's `index.json` and the JSON of the blob tagged `tag`.
+fn layout_doc(dir: &Path, tag_prefix: &str) -> (serde_json::Value, usize, serde_json::Value) {
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let at = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|d| {
+            d["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .is_some_and(|t| t.starts_with(tag_prefix))
+        })
+        .unwrap_or_else(|| panic!("no tag {tag_prefix}*"));
+    let digest = index["manifests"][at]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let blob = dir
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    let doc = serde_json::from_slice(&fs::read(blob).unwrap()).unwrap();
+    (index, at, doc)
+}
+
+/// Stores `doc` as a blob of the layout and points index entry `at` at it.
+fn replace_tagged(dir: &Path, mut index: serde_json::Value, at: usize, doc: &serde_json::Value) {
+    use sha2::Digest as _;
+    let bytes = serde_json::to_vec(doc).unwrap();
+    let hex = hex::encode(sha2::Sha256::digest(&bytes));
+    fs::write(dir.join("blobs/sha256").join(&hex), &bytes).unwrap();
+    index["manifests"][at]["digest"] = format!("sha256:{hex}").into();
+    index["manifests"][at]["size"] = bytes.len().into();
+    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+#[test]
+fn a_session_index_without_a_stage_of_the_plan_brings_none_of_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("cache");
+    let store = format!("oci:{}", layout.display());
+    machine_a(&store);
+    // The session's index loses its `mods` member.
+    let (index, at, mut session) = layout_doc(&layout, "session-");
+    session["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["annotations"]["dev.composer.stage.name"] != "mods");
+    assert_eq!(session["manifests"].as_array().unwrap().len(), 1);
+    replace_tagged(&layout, index, at, &session);
+
+    let b = project("hello");
+    let e = build(b.path(), &["--cache-from", &store, "kcert", "mods"]);
+    assert!(e.contains("ktree: fetched from"), "{e}");
+    assert!(!e.contains("kcert: fetched"), "not half a session: {e}");
+    assert!(e.contains("signing session "), "a new one: {e}");
+    assert!(
+        e.contains("built 2 stage(s), 1 cached (1 from the shared cache)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_store_tag_that_is_not_a_stage_key_names_no_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("cache");
+    let store = format!("oci:{}", layout.display());
+    machine_a(&store);
+    // A stage entry tagged with a path instead of a key.
+    let (mut index, at, _) = layout_doc(&layout, "");
+    let mut hostile = index["manifests"][at].clone();
+    hostile["annotations"]["org.opencontainers.image.ref.name"] = "../../../escape".into();
+    index["manifests"].as_array_mut().unwrap().push(hostile);
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+
+    let b = project("hello");
+    let e = cache_cmd(b.path(), &["pull", &store]);
+    assert!(
+        e.contains("`../../../escape` is not a stage key; left alone"),
+        "{e}"
+    );
+    assert!(e.contains("3 entries fetched"), "{e}");
+    assert!(!b.path().join("escape").exists() && !dir.path().join("escape").exists());
+}
+
+#[test]
+fn machines_with_different_umasks_agree_on_every_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("oci:{}", dir.path().join("cache").display());
+    let a = machine_a(&store);
+    let b = project("hello");
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 077 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_composer"))
+        .args([
+            "build",
+            "--cache-dir",
+            "cache",
+            "--cache-from",
+            &store,
+            "kcert",
+            "mods",
+        ])
+        .current_dir(b.path())
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{e}");
+    assert!(!e.contains("damaged"), "{e}");
+    assert!(
+        e.contains("built 0 stage(s), 3 cached (3 from the shared cache)"),
+        "{e}"
+    );
+    same_outputs(a.path(), b.path());
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -224,6 +224,9 @@ impl Cache {
 
     /// The complete entry for `key`, if there is one.
     pub fn lookup(&self, key: &str) -> Option<Entry> {
+        if !is_key(key) {
+            return None;
+        }
         let dir = self.stage_dir(key);
         let meta = read_meta(&dir).ok()?;
         (meta.key == key).then_some(Entry { meta, dir })
@@ -252,15 +255,43 @@ impl Cache {
         pending: Pending,
         meta: Meta,
     ) -> Result<Result<Entry, String>, CacheError> {
+        if let Err(why) = self.check_fetched(&pending, &meta)? {
+            self.discard(pending)?;
+            return Ok(Err(why));
+        }
+        self.seal(pending, meta).map(Ok)
+    }
+
+    /// Whether a pending entry made elsewhere is what its `meta` records:
+    /// a stage key (64 hex digits, never a path) and a tree with the
+    /// recorded digest.
+    pub fn check_fetched(
+        &self,
+        pending: &Pending,
+        meta: &Meta,
+    ) -> Result<Result<(), String>, CacheError> {
+        if !is_key(&meta.key) {
+            return Ok(Err(format!("`{}` is not a stage key", meta.key)));
+        }
         let actual = fsops::tree_digest(&pending.out())?;
         if actual != meta.output_digest {
-            self.discard(pending)?;
             return Ok(Err(format!(
                 "its files have digest {actual}, the entry records {}",
                 meta.output_digest
             )));
         }
-        self.seal(pending, meta).map(Ok)
+        Ok(Ok(()))
+    }
+
+    /// Seals a pending entry [`check_fetched`](Self::check_fetched) accepted.
+    pub fn commit_checked(&self, pending: Pending, meta: Meta) -> Result<Entry, CacheError> {
+        if !is_key(&meta.key) {
+            return Err(CacheError::Meta {
+                path: pending.dir.join("meta.json"),
+                reason: format!("`{}` is not a stage key", meta.key),
+            });
+        }
+        self.seal(pending, meta)
     }
 
     /// Removes a pending entry.
@@ -358,6 +389,15 @@ impl Cache {
         }
         Ok(())
     }
+}
+
+/// A stage key: 64 lowercase hex digits (`key::Fingerprint::key`). Keys
+/// name directories, so anything else (a path, `..`) is refused.
+pub fn is_key(key: &str) -> bool {
+    key.len() == 64
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn read_meta(dir: &Path) -> Result<Meta, CacheError> {

@@ -14,9 +14,13 @@
 //!   from the layer has the digest the entry recorded (`output_digest`):
 //!   the layer's bytes are checked while read (`exec::image::unpack`), the
 //!   tree after; anything else is an error and nothing is committed.
+//! - The mode of `out/` itself (part of the entry's digest; a layer has no
+//!   entry for its root) travels as an annotation and is set before the
+//!   check, so machines with different umasks agree.
 //! - Nothing but `meta.json` and `out/` travels: no session key exists in
 //!   either (the cache never holds one).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use oci_spec::image::{
@@ -40,6 +44,8 @@ pub const SESSION_ARTIFACT: &str = "application/vnd.composer.session.v1";
 pub const KEY_ANNOTATION: &str = "dev.composer.stage.key";
 pub const STAGE_ANNOTATION: &str = "dev.composer.stage.name";
 pub const SESSION_ANNOTATION: &str = "dev.composer.session";
+/// The mode of the entry's `out/` directory (octal).
+pub const ROOT_MODE_ANNOTATION: &str = "dev.composer.stage.root-mode";
 
 /// The tag a stage's entry is stored under: its key.
 pub fn stage_tag(key: &str) -> String {
@@ -71,7 +77,13 @@ pub fn write_stage(layout: &Layout, meta: &Meta, out: &Path) -> Result<Descripto
         config_digest,
     );
     let layer = write_dir(layout, out, Compression::Zstd, 0)?;
-    let annotations = annotations(meta);
+    let mut annotations = annotations(meta);
+    // A layer has no entry for its root; the root's mode is in the digest.
+    let root = std::fs::metadata(out).map_err(|e| invalid(format!("{}: {e}", out.display())))?;
+    annotations.insert(
+        ROOT_MODE_ANNOTATION.to_string(),
+        format!("{:o}", root.permissions().mode() & 0o7777),
+    );
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
@@ -150,6 +162,18 @@ pub fn read_stage(
     if let Err(e) = unpack(&resolved, &out) {
         cache.discard(pending)?;
         return Err(RemoteError::Damaged(e.to_string()));
+    }
+    let mode = m
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(ROOT_MODE_ANNOTATION))
+        .and_then(|m| u32::from_str_radix(m, 8).ok());
+    if let Some(mode) = mode {
+        let set = std::fs::set_permissions(&out, std::fs::Permissions::from_mode(mode & 0o7777));
+        if let Err(e) = set {
+            cache.discard(pending)?;
+            return Err(invalid(format!("{}: {e}", out.display())));
+        }
     }
     let bytes = m.config().size() + m.layers().iter().map(|l| l.size()).sum::<u64>();
     Ok((pending, meta, bytes))

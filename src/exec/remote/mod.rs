@@ -33,7 +33,7 @@ pub mod store;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::cache::{Cache, CacheError, Entry, Meta, Pending};
+use super::cache::{Cache, CacheError, Entry, Meta, Pending, is_key};
 use super::plan::Planned;
 use crate::oci::layer::LayerError;
 use crate::oci::layout::{Layout, LayoutError};
@@ -293,7 +293,15 @@ pub(crate) fn fill(
                 }
                 return fetched;
             }
-            Err(e) => Reader::failed(&mut reader.sources[s], "the signing session", e, on),
+            Err(e) => {
+                Reader::failed(&mut reader.sources[s], "the signing session", e, on);
+                // What the cache holds now (a failed fetch may have replaced
+                // entries of another session before it was undone).
+                for &i in &session {
+                    planned[i].hit = cache.lookup(&planned[i].key);
+                    planned[i].run = planned[i].hit.is_none();
+                }
+            }
         }
     }
     fetched
@@ -346,6 +354,12 @@ pub fn fetch_all(
         }
     }
     for tag in stages {
+        if !is_key(tag) {
+            on(RemoteEvent::Warning(format!(
+                "{from}: `{tag}` is not a stage key; left alone"
+            )));
+            continue;
+        }
         if cache.lookup(tag).is_some() || from.session_of(tag, opts)?.is_some() {
             continue;
         }
@@ -370,6 +384,11 @@ fn fetch_members(
     id: &str,
     members: &[(String, String)],
 ) -> Result<Vec<(String, u64)>, RemoteError> {
+    if let Some((key, _)) = members.iter().find(|(key, _)| !is_key(key)) {
+        return Err(RemoteError::Invalid(format!(
+            "session {id} lists `{key}`, which is not a stage key"
+        )));
+    }
     let mut pending = Vec::new();
     for (n, (key, digest)) in members.iter().enumerate() {
         match reader.read(store, key, Some(digest)) {
@@ -379,10 +398,14 @@ fn fetch_members(
             {
                 pending.push((n, p))
             }
-            other => {
-                discard_all(reader.cache, pending, other.ok().flatten().map(|p| p.0));
+            Err(e) => {
+                discard_all(reader.cache, pending, None);
+                return Err(e);
+            }
+            Ok(other) => {
+                discard_all(reader.cache, pending, other.map(|p| p.0));
                 return Err(RemoteError::Damaged(format!(
-                    "the entry {key} listed in session {id} is missing, damaged or of another session"
+                    "the entry {key} listed in session {id} is missing or of another session"
                 )));
             }
         }
@@ -394,17 +417,30 @@ fn fetch_members(
     })
 }
 
-/// Commits every pending entry, or none: on a failure, those committed
-/// already are removed again.
+/// Commits every pending entry, or none: every tree is checked against
+/// its recorded digest before the first is sealed; a failure while sealing
+/// (the disk) removes those sealed already.
 fn commit_all(
     reader: &Reader<'_>,
     pending: Vec<(usize, (Pending, Meta, u64))>,
 ) -> Result<Vec<Landed>, RemoteError> {
+    let failure =
+        pending.iter().find_map(
+            |(_, (p, meta, _))| match reader.cache.check_fetched(p, meta) {
+                Ok(Ok(())) => None,
+                Ok(Err(why)) => Some(RemoteError::Damaged(why)),
+                Err(e) => Some(e.into()),
+            },
+        );
+    if let Some(e) = failure {
+        discard_all(reader.cache, pending, None);
+        return Err(e);
+    }
     let mut out = Vec::new();
     let mut left = pending.into_iter();
-    while let Some((i, p)) = left.next() {
-        match reader.commit(p) {
-            Ok((entry, bytes)) => out.push((i, entry, bytes)),
+    while let Some((i, (p, meta, bytes))) = left.next() {
+        match reader.cache.commit_checked(p, meta) {
+            Ok(entry) => out.push((i, entry, bytes)),
             Err(e) => {
                 for (_, (rest, _, _)) in left {
                     let _ = reader.cache.discard(rest);
@@ -412,7 +448,7 @@ fn commit_all(
                 for (_, entry, _) in out {
                     let _ = reader.cache.remove(&entry.dir);
                 }
-                return Err(e);
+                return Err(e.into());
             }
         }
     }
@@ -554,6 +590,9 @@ fn store_stage(
         });
         return Ok(());
     }
+    if !intact(entry, on)? {
+        return Ok(());
+    }
     let desc = artifact::write_stage(layout, &entry.meta, &entry.out())?;
     let bytes = to.put(layout, &desc, &tag, opts)?;
     on(RemoteEvent::Stored {
@@ -562,6 +601,20 @@ fn store_stage(
         bytes,
     });
     Ok(())
+}
+
+/// Whether a local entry still has the digest it was committed with; a
+/// damaged one is not stored (a warning says so).
+fn intact(entry: &Entry, on: &mut dyn FnMut(RemoteEvent)) -> Result<bool, RemoteError> {
+    let actual = super::fsops::tree_digest(&entry.out()).map_err(CacheError::from)?;
+    if actual == entry.meta.output_digest {
+        return Ok(true);
+    }
+    on(RemoteEvent::Warning(format!(
+        "{}: the local entry changed since it was cached; not stored (`composer cache verify --repair` removes it)",
+        entry.meta.stage
+    )));
+    Ok(false)
 }
 
 /// The session's stages (tagged by key, replacing another session's
@@ -584,6 +637,11 @@ fn store_session(
             });
         }
         return Ok(());
+    }
+    for entry in entries {
+        if !intact(entry, on)? {
+            return Ok(());
+        }
     }
     let mut members = Vec::new();
     for entry in entries {
