@@ -481,19 +481,31 @@ fn fetch_session(
     planned: &[Planned<'_>],
     session: &[usize],
 ) -> Result<Option<Vec<Landed>>, RemoteError> {
-    let first = &planned[session[0]].key;
-    let Some(id) = store.session_of(&artifact::stage_tag(first), reader.opts)? else {
-        return Ok(None);
-    };
-    let Some(members) = store.session_members(&artifact::session_tag(&id), reader.opts)? else {
-        return Ok(None);
-    };
-    if !session
-        .iter()
-        .all(|&i| members.contains_key(&planned[i].key))
-    {
-        return Ok(None);
+    // Each session stage's tag names the session that stored it last; any
+    // of those sessions whose index covers the plan will do.
+    let mut ids: Vec<String> = Vec::new();
+    for &i in session {
+        if let Some(id) = store.session_of(&artifact::stage_tag(&planned[i].key), reader.opts)?
+            && !ids.contains(&id)
+        {
+            ids.push(id);
+        }
     }
+    let mut covering = None;
+    for id in ids {
+        let tag = artifact::session_tag(&id);
+        if let Some(members) = store.session_members(&tag, reader.opts)?
+            && session
+                .iter()
+                .all(|&i| members.contains_key(&planned[i].key))
+        {
+            covering = Some((id, members));
+            break;
+        }
+    }
+    let Some((id, members)) = covering else {
+        return Ok(None);
+    };
     let wanted: Vec<(String, String)> = session
         .iter()
         .map(|&i| {
