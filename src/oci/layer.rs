@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -345,7 +345,8 @@ fn append<W: Write>(
         } else if ft.is_symlink() {
             let target = fs::read_link(&e.source).map_err(err)?;
             let mut h = header(tar::EntryType::Symlink, 0o777, epoch);
-            tar.append_link(&mut h, &e.name, &target).map_err(err)?;
+            append_symlink(tar, &mut h, &e.name, target.as_os_str().as_encoded_bytes())
+                .map_err(err)?;
         } else if ft.is_file() {
             if meta.nlink() > 1 {
                 let key = (meta.dev(), meta.ino());
@@ -384,6 +385,40 @@ fn append<W: Write>(
     Ok(())
 }
 
+/// Appends a symlink whose target is stored byte for byte: the tar crate's
+/// `append_link` cleans the target (`a/./b` becomes `a/b`), which would
+/// change what the link points at for a reader comparing trees. A target
+/// of 100 bytes or more goes in a GNU long-link entry (`././@LongLink`,
+/// type `K`), as GNU tar writes it; written here because the crate only
+/// does that for cleaned targets.
+fn append_symlink<W: Write>(
+    tar: &mut tar::Builder<W>,
+    h: &mut tar::Header,
+    name: &str,
+    target: &[u8],
+) -> io::Result<()> {
+    const LINKNAME: usize = 100;
+    if target.len() < LINKNAME {
+        h.set_link_name_literal(target)?;
+    } else {
+        let mut long = tar::Header::new_gnu();
+        let marker = b"././@LongLink";
+        if let Some(g) = long.as_gnu_mut() {
+            g.name[..marker.len()].copy_from_slice(marker);
+        }
+        long.set_entry_type(tar::EntryType::GNULongLink);
+        long.set_mode(0o644);
+        long.set_uid(0);
+        long.set_gid(0);
+        long.set_mtime(0);
+        long.set_size(target.len() as u64 + 1);
+        long.set_cksum();
+        tar.append(&long, target.chain(&[0u8][..]))?;
+        h.set_link_name_literal(&target[..LINKNAME - 1])?;
+    }
+    tar.append_data(h, name, io::empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,6 +446,29 @@ mod tests {
             assert_eq!(a.descriptor.digest(), b.descriptor.digest(), "{c:?}");
             assert_eq!(a.diff_id, b.diff_id);
         }
+    }
+
+    #[test]
+    fn symlink_targets_are_stored_byte_for_byte() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path().join("r");
+        fs::create_dir_all(&r).unwrap();
+        let long = format!("../.{}/x", "/./..".repeat(30));
+        let targets = ["../.././a/b", "a//b/.", long.as_str()];
+        for (i, target) in targets.iter().enumerate() {
+            std::os::unix::fs::symlink(target, r.join(format!("l{i}"))).unwrap();
+        }
+        let l = Layout::create(&t.path().join("l")).unwrap();
+        let layer = write_dir(&l, &r, Compression::None, 0).unwrap();
+        let f = fs::File::open(l.blob_path(layer.descriptor.digest())).unwrap();
+        let mut ar = tar::Archive::new(f);
+        let got: Vec<Vec<u8>> = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().link_name_bytes().unwrap().into_owned())
+            .collect();
+        let want: Vec<Vec<u8>> = targets.iter().map(|t| t.as_bytes().to_vec()).collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -20,6 +20,7 @@ steps:
       - |
         mkdir -p /out/src
         echo 6.1.0-test > /out/src/release
+        ln -s ../.././src/release /out/src/release-link
         date +%s%N > /out/src/compiled
 finalize:
   - from: /out
