@@ -459,22 +459,11 @@ fn decide(
     if decision.session_stages.is_empty() {
         return decision;
     }
-    let ids: Vec<Option<&str>> = decision
-        .session_stages
-        .iter()
-        .map(|&i| {
-            planned[i]
-                .hit
-                .as_ref()
-                .and_then(|h| h.meta.session.as_deref())
-        })
-        .collect();
-    let reusable =
-        !new_session && ids.iter().all(|id| id.is_some()) && ids.windows(2).all(|w| w[0] == w[1]);
-    if reusable {
-        if let Some(Some(id)) = ids.first() {
-            on(Progress::SessionReused { id: id.to_string() });
-        }
+    let reused = (!new_session)
+        .then(|| super::plan::reused_session(planned, &decision.session_stages))
+        .flatten();
+    if let Some(id) = reused {
+        on(Progress::SessionReused { id: id.to_string() });
         return decision;
     }
     let why: Vec<&str> = decision

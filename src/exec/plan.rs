@@ -246,3 +246,16 @@ fn host_fingerprint() -> String {
     }
     format!("host packages {}", &hex::encode(h.finalize())[..16])
 }
+
+/// The signing session every one of `session`'s stages has a cache entry
+/// of, when they all come from one same session (it can be reused).
+pub(super) fn reused_session<'a>(planned: &'a [Planned<'_>], session: &[usize]) -> Option<&'a str> {
+    let mut ids = session.iter().map(|&i| {
+        planned[i]
+            .hit
+            .as_ref()
+            .and_then(|h| h.meta.session.as_deref())
+    });
+    let first = ids.next()??;
+    ids.all(|id| id == Some(first)).then_some(first)
+}

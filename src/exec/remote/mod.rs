@@ -7,8 +7,9 @@
 //! - `artifact`: an entry as an OCI artifact (meta.json + a zstd tar of
 //!   `out/`), a signing session as an index over its stages' artifacts.
 //! - `store`: the registry or layout behind a reference.
+//! - `publish`: storing entries after a build, and `composer cache push`.
 //! - here: which entries are fetched before a build decides what runs
-//!   ([`fill`]), and which are stored after it ([`publish`]).
+//!   ([`fill`]), and `composer cache pull` ([`fetch_all`]).
 //!
 //! Invariants:
 //! - A signing session travels as one unit: its stages are fetched only
@@ -28,6 +29,7 @@
 //!   does), and only `meta.json` and `out/` travel.
 
 pub mod artifact;
+mod publish;
 pub mod store;
 
 use std::path::PathBuf;
@@ -36,8 +38,10 @@ use std::time::Duration;
 use super::cache::{Cache, CacheError, Entry, Meta, Pending, is_key};
 use super::plan::Planned;
 use crate::oci::layer::LayerError;
-use crate::oci::layout::{Layout, LayoutError};
+use crate::oci::layout::LayoutError;
 use crate::oci::registry::{RegistryError, RegistryOptions};
+pub(crate) use publish::publish;
+pub use publish::store_entries;
 pub use store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -270,7 +274,8 @@ pub(crate) fn fill(
     let session: Vec<usize> = (0..planned.len())
         .filter(|&i| planned[i].in_session)
         .collect();
-    if session.is_empty() || new_session || local_session_reusable(planned, &session) {
+    if session.is_empty() || new_session || super::plan::reused_session(planned, &session).is_some()
+    {
         return fetched;
     }
     for s in 0..reader.sources.len() {
@@ -459,20 +464,6 @@ fn commit_all(
 /// the entry, the bytes read.
 type Landed = (usize, Entry, u64);
 
-/// Whether every session stage has a local entry of one same session.
-fn local_session_reusable(planned: &[Planned<'_>], session: &[usize]) -> bool {
-    let ids: Vec<Option<&str>> = session
-        .iter()
-        .map(|&i| {
-            planned[i]
-                .hit
-                .as_ref()
-                .and_then(|h| h.meta.session.as_deref())
-        })
-        .collect();
-    ids.iter().all(|id| id.is_some()) && ids.windows(2).all(|w| w[0] == w[1])
-}
-
 /// The session the store holds for the plan's session stages, all of them
 /// read and committed; `None` when the store has no session covering them.
 fn fetch_session(
@@ -538,135 +529,4 @@ fn discard_all(cache: &Cache, pending: Vec<(usize, (Pending, Meta, u64))>, extra
     if let Some(p) = extra {
         let _ = cache.discard(p);
     }
-}
-
-/// After a successful build: every stage's entry is stored in `--cache-to`
-/// unless it is there already (`outputs`: the entries of the plan).
-pub(crate) fn publish(
-    outputs: &[Entry],
-    cache: &Cache,
-    remote: &Remote,
-    on: &mut dyn FnMut(RemoteEvent),
-) {
-    let Some(to) = &remote.to else {
-        return;
-    };
-    if let Err(e) = store_entries(to, outputs, cache, &remote.registry, on) {
-        on(RemoteEvent::Warning(format!(
-            "storing in the shared cache {to} stopped: {e}"
-        )));
-    }
-}
-
-/// Stores `entries` in `to`: each entry outside a signing session on its
-/// own, each session's entries together, then the session's index.
-pub fn store_entries(
-    to: &Store,
-    entries: &[Entry],
-    cache: &Cache,
-    opts: &RegistryOptions,
-    on: &mut dyn FnMut(RemoteEvent),
-) -> Result<(), RemoteError> {
-    let scratch = cache.begin()?.dir;
-    let result = (|| {
-        let layout = Layout::create(&scratch.join("layout"))?;
-        let mut sessions: std::collections::BTreeMap<&str, Vec<&Entry>> = Default::default();
-        for entry in entries {
-            match entry.meta.session.as_deref() {
-                Some(id) => sessions.entry(id).or_default().push(entry),
-                None => store_stage(to, &layout, entry, opts, on)?,
-            }
-        }
-        for (id, members) in sessions {
-            store_session(to, &layout, id, &members, opts, on)?;
-        }
-        Ok(())
-    })();
-    let _ = super::fsops::remove_tree(&scratch);
-    result
-}
-
-/// One stage's entry, unless the store has its key.
-fn store_stage(
-    to: &Store,
-    layout: &Layout,
-    entry: &Entry,
-    opts: &RegistryOptions,
-    on: &mut dyn FnMut(RemoteEvent),
-) -> Result<(), RemoteError> {
-    let tag = artifact::stage_tag(&entry.meta.key);
-    if to.has(&tag, opts)? {
-        on(RemoteEvent::Present {
-            stage: entry.meta.stage.clone(),
-            to: to.to_string(),
-        });
-        return Ok(());
-    }
-    if !intact(entry, on)? {
-        return Ok(());
-    }
-    let desc = artifact::write_stage(layout, &entry.meta, &entry.out())?;
-    let bytes = to.put(layout, &desc, &tag, opts)?;
-    on(RemoteEvent::Stored {
-        stage: entry.meta.stage.clone(),
-        to: to.to_string(),
-        bytes,
-    });
-    Ok(())
-}
-
-/// Whether a local entry still has the digest it was committed with; a
-/// damaged one is not stored (a warning says so).
-fn intact(entry: &Entry, on: &mut dyn FnMut(RemoteEvent)) -> Result<bool, RemoteError> {
-    let actual = super::fsops::tree_digest(&entry.out()).map_err(CacheError::from)?;
-    if actual == entry.meta.output_digest {
-        return Ok(true);
-    }
-    on(RemoteEvent::Warning(format!(
-        "{}: the local entry changed since it was cached; not stored (`composer cache verify --repair` removes it)",
-        entry.meta.stage
-    )));
-    Ok(false)
-}
-
-/// The session's stages (tagged by key, replacing another session's
-/// entry of the same key), then its index; nothing when the store has the
-/// index already.
-fn store_session(
-    to: &Store,
-    layout: &Layout,
-    id: &str,
-    entries: &[&Entry],
-    opts: &RegistryOptions,
-    on: &mut dyn FnMut(RemoteEvent),
-) -> Result<(), RemoteError> {
-    let index_tag = artifact::session_tag(id);
-    if to.has(&index_tag, opts)? {
-        for entry in entries {
-            on(RemoteEvent::Present {
-                stage: entry.meta.stage.clone(),
-                to: to.to_string(),
-            });
-        }
-        return Ok(());
-    }
-    for entry in entries {
-        if !intact(entry, on)? {
-            return Ok(());
-        }
-    }
-    let mut members = Vec::new();
-    for entry in entries {
-        let desc = artifact::write_stage(layout, &entry.meta, &entry.out())?;
-        let bytes = to.put(layout, &desc, &artifact::stage_tag(&entry.meta.key), opts)?;
-        on(RemoteEvent::Stored {
-            stage: entry.meta.stage.clone(),
-            to: to.to_string(),
-            bytes,
-        });
-        members.push(desc);
-    }
-    let index = artifact::write_session(layout, id, &members)?;
-    to.put(layout, &index, &index_tag, opts)?;
-    Ok(())
 }

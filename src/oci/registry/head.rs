@@ -106,16 +106,7 @@ fn get(
         200 => {}
         _ => return Err(client.fail(resp, &op)),
     }
-    let bytes = resp
-        .body_mut()
-        .with_config()
-        .limit(MANIFEST_LIMIT)
-        .read_to_vec()
-        .map_err(|e| RegistryError::Transport {
-            reference: client.reference().to_string(),
-            operation: op.clone(),
-            message: e.to_string(),
-        })?;
+    let bytes = read_small(client, &mut resp, &op)?;
     let digest = sha256_digest(&hex::encode(Sha256::digest(&bytes)));
     Ok(Some((digest, bytes)))
 }
@@ -136,16 +127,7 @@ pub fn tags(r: &RegistryRef, opts: &RegistryOptions) -> Result<Vec<String>, Regi
             _ => return Err(client.fail(resp, &op)),
         }
         let next = header(&resp, "link").and_then(next_link);
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(MANIFEST_LIMIT)
-            .read_to_vec()
-            .map_err(|e| RegistryError::Transport {
-                reference: client.reference().to_string(),
-                operation: op.clone(),
-                message: e.to_string(),
-            })?;
+        let body = read_small(&client, &mut resp, &op)?;
         let list: TagList = serde_json::from_slice(&body).map_err(|e| RegistryError::Manifest {
             reference: r.to_string(),
             message: format!("tags/list: {e}"),
@@ -171,5 +153,22 @@ fn next_link(link: &str) -> Option<String> {
             let start = part.find('<')? + 1;
             let end = part.find('>')?;
             Some(part[start..end].to_string())
+        })
+}
+
+/// The body of an answer that must be small (a manifest, a tag list).
+fn read_small(
+    client: &Client<'_>,
+    resp: &mut ureq::http::Response<ureq::Body>,
+    op: &str,
+) -> Result<Vec<u8>, RegistryError> {
+    resp.body_mut()
+        .with_config()
+        .limit(MANIFEST_LIMIT)
+        .read_to_vec()
+        .map_err(|e| RegistryError::Transport {
+            reference: client.reference().to_string(),
+            operation: op.to_string(),
+            message: e.to_string(),
         })
 }

@@ -1,0 +1,148 @@
+//! Storing entries in a shared cache: after a build (`--cache-to`: every
+//! entry of the plan) and for `composer cache push` (every local entry).
+//! Entries outside a signing session go one by one; a session's entries
+//! go together, then the session's index, so a reader never finds an index
+//! whose members are missing.
+//!
+//! Invariants: what the store has (by tag; for a session, its index) is
+//! not sent again; a local entry whose tree no longer has its recorded
+//! digest is not sent (a warning says so); a failure is the caller's to
+//! report, never a build failure.
+
+use super::artifact;
+use super::store::Store;
+use super::{Remote, RemoteError, RemoteEvent};
+use crate::exec::cache::{Cache, CacheError, Entry};
+use crate::oci::layout::Layout;
+use crate::oci::registry::RegistryOptions;
+
+/// After a successful build: every stage's entry is stored in `--cache-to`
+/// unless it is there already (`outputs`: the entries of the plan).
+pub(crate) fn publish(
+    outputs: &[Entry],
+    cache: &Cache,
+    remote: &Remote,
+    on: &mut dyn FnMut(RemoteEvent),
+) {
+    let Some(to) = &remote.to else {
+        return;
+    };
+    if let Err(e) = store_entries(to, outputs, cache, &remote.registry, on) {
+        on(RemoteEvent::Warning(format!(
+            "storing in the shared cache {to} stopped: {e}"
+        )));
+    }
+}
+
+/// Stores `entries` in `to`: each entry outside a signing session on its
+/// own, each session's entries together, then the session's index.
+pub fn store_entries(
+    to: &Store,
+    entries: &[Entry],
+    cache: &Cache,
+    opts: &RegistryOptions,
+    on: &mut dyn FnMut(RemoteEvent),
+) -> Result<(), RemoteError> {
+    let scratch = cache.begin()?.dir;
+    let result = (|| {
+        let layout = Layout::create(&scratch.join("layout"))?;
+        let mut sessions: std::collections::BTreeMap<&str, Vec<&Entry>> = Default::default();
+        for entry in entries {
+            match entry.meta.session.as_deref() {
+                Some(id) => sessions.entry(id).or_default().push(entry),
+                None => store_stage(to, &layout, entry, opts, on)?,
+            }
+        }
+        for (id, members) in sessions {
+            store_session(to, &layout, id, &members, opts, on)?;
+        }
+        Ok(())
+    })();
+    let _ = crate::exec::fsops::remove_tree(&scratch);
+    result
+}
+
+/// One stage's entry, unless the store has its key.
+fn store_stage(
+    to: &Store,
+    layout: &Layout,
+    entry: &Entry,
+    opts: &RegistryOptions,
+    on: &mut dyn FnMut(RemoteEvent),
+) -> Result<(), RemoteError> {
+    let tag = artifact::stage_tag(&entry.meta.key);
+    if to.has(&tag, opts)? {
+        on(RemoteEvent::Present {
+            stage: entry.meta.stage.clone(),
+            to: to.to_string(),
+        });
+        return Ok(());
+    }
+    if !intact(entry, on)? {
+        return Ok(());
+    }
+    let desc = artifact::write_stage(layout, &entry.meta, &entry.out())?;
+    let bytes = to.put(layout, &desc, &tag, opts)?;
+    on(RemoteEvent::Stored {
+        stage: entry.meta.stage.clone(),
+        to: to.to_string(),
+        bytes,
+    });
+    Ok(())
+}
+
+/// Whether a local entry still has the digest it was committed with; a
+/// damaged one is not stored (a warning says so).
+fn intact(entry: &Entry, on: &mut dyn FnMut(RemoteEvent)) -> Result<bool, RemoteError> {
+    let actual = crate::exec::fsops::tree_digest(&entry.out()).map_err(CacheError::from)?;
+    if actual == entry.meta.output_digest {
+        return Ok(true);
+    }
+    on(RemoteEvent::Warning(format!(
+        "{}: the local entry changed since it was cached; not stored (`composer cache verify --repair` removes it)",
+        entry.meta.stage
+    )));
+    Ok(false)
+}
+
+/// The session's stages (tagged by key, replacing another session's
+/// entry of the same key), then its index; nothing when the store has the
+/// index already.
+fn store_session(
+    to: &Store,
+    layout: &Layout,
+    id: &str,
+    entries: &[&Entry],
+    opts: &RegistryOptions,
+    on: &mut dyn FnMut(RemoteEvent),
+) -> Result<(), RemoteError> {
+    let index_tag = artifact::session_tag(id);
+    if to.has(&index_tag, opts)? {
+        for entry in entries {
+            on(RemoteEvent::Present {
+                stage: entry.meta.stage.clone(),
+                to: to.to_string(),
+            });
+        }
+        return Ok(());
+    }
+    for entry in entries {
+        if !intact(entry, on)? {
+            return Ok(());
+        }
+    }
+    let mut members = Vec::new();
+    for entry in entries {
+        let desc = artifact::write_stage(layout, &entry.meta, &entry.out())?;
+        let bytes = to.put(layout, &desc, &artifact::stage_tag(&entry.meta.key), opts)?;
+        on(RemoteEvent::Stored {
+            stage: entry.meta.stage.clone(),
+            to: to.to_string(),
+            bytes,
+        });
+        members.push(desc);
+    }
+    let index = artifact::write_session(layout, id, &members)?;
+    to.put(layout, &index, &index_tag, opts)?;
+    Ok(())
+}
