@@ -63,7 +63,7 @@ pub enum RemoteError {
 impl RemoteError {
     /// Whether the store itself failed (not one entry): unreachable, TLS,
     /// credentials, a server error. It is not asked again in this build.
-    fn store_failed(&self) -> bool {
+    pub(super) fn store_failed(&self) -> bool {
         matches!(self, RemoteError::Registry(e) if registry_unusable(e))
     }
 }

@@ -82,7 +82,7 @@ fn store_stage(
         return Ok(());
     }
     let desc = artifact::write_stage(layout, &entry.meta, &entry.out())?;
-    let bytes = to.put(layout, &desc, &tag, opts)?;
+    let bytes = put(to, layout, &desc, &tag, opts)?;
     on(RemoteEvent::Stored {
         stage: entry.meta.stage.clone(),
         to: to.to_string(),
@@ -134,7 +134,13 @@ fn store_session(
     let mut members = Vec::new();
     for entry in entries {
         let desc = artifact::write_stage(layout, &entry.meta, &entry.out())?;
-        let bytes = to.put(layout, &desc, &artifact::stage_tag(&entry.meta.key), opts)?;
+        let bytes = put(
+            to,
+            layout,
+            &desc,
+            &artifact::stage_tag(&entry.meta.key),
+            opts,
+        )?;
         on(RemoteEvent::Stored {
             stage: entry.meta.stage.clone(),
             to: to.to_string(),
@@ -143,6 +149,30 @@ fn store_session(
         members.push(desc);
     }
     let index = artifact::write_session(layout, id, &members)?;
-    to.put(layout, &index, &index_tag, opts)?;
+    put(to, layout, &index, &index_tag, opts)?;
     Ok(())
+}
+
+/// [`Store::put`], tried again (three times at most, waiting a little
+/// longer each time) when the store refused it but still answers: a writer
+/// racing on the same content makes a registry refuse a manifest whose
+/// blobs the other is still uploading. Storing is idempotent (blobs by
+/// digest, the tag names the same manifest), so trying again is safe.
+fn put(
+    to: &Store,
+    layout: &Layout,
+    desc: &oci_spec::image::Descriptor,
+    tag: &str,
+    opts: &RegistryOptions,
+) -> Result<u64, RemoteError> {
+    let mut attempt = 0;
+    loop {
+        match to.put(layout, desc, tag, opts) {
+            Err(e) if attempt < 3 && !e.store_failed() => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(250 << attempt));
+            }
+            done => return done,
+        }
+    }
 }
