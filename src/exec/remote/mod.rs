@@ -93,10 +93,6 @@ pub struct Remote {
 }
 
 impl Remote {
-    pub fn is_empty(&self) -> bool {
-        self.from.is_empty() && self.to.is_none()
-    }
-
     /// Registry options for the cache: few retries and short waits, so an
     /// unreachable registry costs seconds, not minutes.
     pub fn registry_options(insecure: bool) -> RegistryOptions {
