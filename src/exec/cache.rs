@@ -240,50 +240,18 @@ impl Cache {
         Ok(Pending { dir })
     }
 
-    /// Seals a pending entry: records its digest and renames it into place,
-    /// replacing an older entry of the same key (another session's).
+    /// Seals a pending entry: records its digest and size and renames it
+    /// into place, replacing an older entry of the same key (another
+    /// session's).
     pub fn commit(&self, pending: Pending, mut meta: Meta) -> Result<Entry, CacheError> {
         meta.output_digest = fsops::tree_digest(&pending.out())?;
+        meta.size = fsops::tree_size(&pending.out());
         self.seal(pending, meta)
     }
 
-    /// Seals a pending entry made elsewhere (the shared cache): only when
-    /// its tree has the digest its `meta` records; else it is removed and
-    /// the answer says what differs.
-    pub fn commit_fetched(
-        &self,
-        pending: Pending,
-        meta: Meta,
-    ) -> Result<Result<Entry, String>, CacheError> {
-        if let Err(why) = self.check_fetched(&pending, &meta)? {
-            self.discard(pending)?;
-            return Ok(Err(why));
-        }
-        self.seal(pending, meta).map(Ok)
-    }
-
-    /// Whether a pending entry made elsewhere is what its `meta` records:
-    /// a stage key (64 hex digits, never a path) and a tree with the
-    /// recorded digest.
-    pub fn check_fetched(
-        &self,
-        pending: &Pending,
-        meta: &Meta,
-    ) -> Result<Result<(), String>, CacheError> {
-        if !is_key(&meta.key) {
-            return Ok(Err(format!("`{}` is not a stage key", meta.key)));
-        }
-        let actual = fsops::tree_digest(&pending.out())?;
-        if actual != meta.output_digest {
-            return Ok(Err(format!(
-                "its files have digest {actual}, the entry records {}",
-                meta.output_digest
-            )));
-        }
-        Ok(Ok(()))
-    }
-
-    /// Seals a pending entry [`check_fetched`](Self::check_fetched) accepted.
+    /// Seals a pending entry made elsewhere (the shared cache) whose tree
+    /// was checked against `meta` (its digest and size) while it was
+    /// written; its key must be a stage key (64 hex digits, never a path).
     pub fn commit_checked(&self, pending: Pending, meta: Meta) -> Result<Entry, CacheError> {
         if !is_key(&meta.key) {
             return Err(CacheError::Meta {
@@ -300,8 +268,7 @@ impl Cache {
         Ok(())
     }
 
-    fn seal(&self, pending: Pending, mut meta: Meta) -> Result<Entry, CacheError> {
-        meta.size = fsops::tree_size(&pending.out());
+    fn seal(&self, pending: Pending, meta: Meta) -> Result<Entry, CacheError> {
         let meta_path = pending.dir.join("meta.json");
         let text = serde_json::to_vec_pretty(&meta).map_err(|e| CacheError::Meta {
             path: meta_path.clone(),

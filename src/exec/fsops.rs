@@ -251,32 +251,70 @@ pub fn normalize_tree(root: &Path, epoch: Option<i64>) -> FsResult<()> {
 /// A digest of a tree's relative paths, types, modes, link targets and
 /// contents (hex sha256). A missing tree hashes as empty.
 pub fn tree_digest(root: &Path) -> FsResult<String> {
-    let mut h = Sha256::new();
+    let mut h = TreeHasher::default();
     if fs::symlink_metadata(root).is_err() {
-        return Ok(hex::encode(h.finalize()));
+        return Ok(h.finish());
     }
     for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
         let entry = entry.map_err(|e| other(root, e.to_string()))?;
         let p = entry.path();
         let rel = p.strip_prefix(root).unwrap_or(p);
         let meta = ctx(p, fs::symlink_metadata(p))?;
-        h.update(rel.as_os_str().as_encoded_bytes());
-        h.update([0]);
         let ft = meta.file_type();
         if ft.is_symlink() {
-            h.update(b"l");
-            h.update(ctx(p, fs::read_link(p))?.as_os_str().as_encoded_bytes());
+            h.symlink(
+                rel,
+                ctx(p, fs::read_link(p))?.as_os_str().as_encoded_bytes(),
+            );
         } else if ft.is_dir() {
-            h.update(format!("d{:o}", meta.mode() & 0o7777));
+            h.dir(rel, meta.mode());
         } else if ft.is_file() {
-            h.update(format!("f{:o}:", meta.mode() & 0o7777));
-            h.update(file_sha256(p)?);
+            h.file(rel, meta.mode(), &file_sha256(p)?);
         } else {
-            h.update(b"s");
+            h.special(rel);
         }
-        h.update([0]);
     }
-    Ok(hex::encode(h.finalize()))
+    Ok(h.finish())
+}
+
+/// What [`tree_digest`] hashes, entry by entry: fed in walk order (paths
+/// compared component by component, as `Path`'s `Ord` does), the root
+/// first with the empty path, it gives the digest of the tree those
+/// entries make. The one definition of the digest's format.
+#[derive(Default)]
+pub struct TreeHasher {
+    h: Sha256,
+}
+
+impl TreeHasher {
+    fn entry(&mut self, rel: &Path, kind: &[u8]) {
+        self.h.update(rel.as_os_str().as_encoded_bytes());
+        self.h.update([0]);
+        self.h.update(kind);
+        self.h.update([0]);
+    }
+
+    pub fn dir(&mut self, rel: &Path, mode: u32) {
+        self.entry(rel, format!("d{:o}", mode & 0o7777).as_bytes());
+    }
+
+    /// A regular file whose contents have the sha256 `sha256_hex`.
+    pub fn file(&mut self, rel: &Path, mode: u32, sha256_hex: &str) {
+        self.entry(rel, format!("f{:o}:{sha256_hex}", mode & 0o7777).as_bytes());
+    }
+
+    pub fn symlink(&mut self, rel: &Path, target: &[u8]) {
+        self.entry(rel, &[b"l", target].concat());
+    }
+
+    /// A device node, FIFO or socket.
+    pub fn special(&mut self, rel: &Path) {
+        self.entry(rel, b"s");
+    }
+
+    pub fn finish(self) -> String {
+        hex::encode(self.h.finalize())
+    }
 }
 
 /// The sha256 of one file's contents (hex).

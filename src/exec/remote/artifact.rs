@@ -12,8 +12,9 @@
 //! Invariants:
 //! - What is read back lands in the cache only when the tree unpacked
 //!   from the layer has the digest the entry recorded (`output_digest`):
-//!   the layer's bytes are checked while read (`exec::image::unpack`), the
-//!   tree after; anything else is an error and nothing is committed.
+//!   the layer's bytes and the tree are checked while written
+//!   (`remote::unpack`); anything else is an error and nothing is
+//!   committed.
 //! - The mode of `out/` itself (part of the entry's digest; a layer has no
 //!   entry for its root) travels as an annotation and is set before the
 //!   check, so machines with different umasks agree.
@@ -29,8 +30,8 @@ use oci_spec::image::{
 };
 
 use super::RemoteError;
+use super::unpack::unpack_layer;
 use crate::exec::cache::{Cache, Meta, Pending};
-use crate::exec::image::{Resolved, unpack};
 use crate::oci::layer::{Compression, write_dir};
 use crate::oci::layout::Layout;
 
@@ -128,9 +129,9 @@ pub fn write_session(
 }
 
 /// Reads the stage artifact `manifest` of `layout` (its blobs already
-/// there) into a pending cache entry for `key`: the meta it carries and the
-/// unpacked tree, checked against the recorded digest. Also returns the
-/// bytes of its blobs.
+/// there) into a pending cache entry for `key`: the meta it carries (with
+/// the tree's size) and the unpacked tree, checked against the recorded
+/// digest while it is written. Also returns the bytes of its blobs.
 pub fn read_stage(
     layout: &Layout,
     manifest: &Descriptor,
@@ -149,34 +150,39 @@ pub fn read_stage(
             meta.key
         )));
     }
-    let pending = cache.begin()?;
-    let resolved = Resolved {
-        reference: format!("{} of {}", meta.stage, key),
-        layout: layout.root().to_path_buf(),
-        digest: manifest.digest().to_string(),
-        layers: m.layers().clone(),
-    };
-    // `unpack` creates the directory itself.
-    let out = pending.out();
-    let _ = std::fs::remove_dir(&out);
-    if let Err(e) = unpack(&resolved, &out) {
-        cache.discard(pending)?;
-        return Err(RemoteError::Damaged(e.to_string()));
-    }
-    let mode = m
+    let root_mode = m
         .annotations()
         .as_ref()
         .and_then(|a| a.get(ROOT_MODE_ANNOTATION))
         .and_then(|m| u32::from_str_radix(m, 8).ok());
-    if let Some(mode) = mode {
-        let set = std::fs::set_permissions(&out, std::fs::Permissions::from_mode(mode & 0o7777));
-        if let Err(e) = set {
+    let layer = &m.layers()[0];
+    let pending = cache.begin()?;
+    match unpack_layer(
+        &layout.blob_path(layer.digest()),
+        layer,
+        &pending.out(),
+        root_mode,
+    ) {
+        Ok(tree) if tree.digest == meta.output_digest => {
+            let bytes = m.config().size() + layer.size();
+            let meta = Meta {
+                size: tree.size,
+                ..meta
+            };
+            Ok((pending, meta, bytes))
+        }
+        Ok(tree) => {
             cache.discard(pending)?;
-            return Err(invalid(format!("{}: {e}", out.display())));
+            Err(RemoteError::Damaged(format!(
+                "its files have digest {}, the entry records {}",
+                tree.digest, meta.output_digest
+            )))
+        }
+        Err(e) => {
+            cache.discard(pending)?;
+            Err(RemoteError::Damaged(e))
         }
     }
-    let bytes = m.config().size() + m.layers().iter().map(|l| l.size()).sum::<u64>();
-    Ok((pending, meta, bytes))
 }
 
 /// A descriptor for a manifest known by digest and size only.

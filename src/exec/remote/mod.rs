@@ -31,7 +31,9 @@
 pub mod artifact;
 mod publish;
 pub mod store;
+mod unpack;
 
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -130,7 +132,20 @@ pub enum RemoteEvent {
 /// A store and whether it still answers.
 struct Source<'a> {
     store: &'a Store,
-    usable: bool,
+    usable: Cell<bool>,
+}
+
+impl<'a> Source<'a> {
+    fn new(store: &'a Store) -> Self {
+        Source {
+            store,
+            usable: Cell::new(true),
+        }
+    }
+
+    fn usable(&self) -> bool {
+        self.usable.get()
+    }
 }
 
 /// Reads entries from the `--cache-from` stores.
@@ -147,19 +162,16 @@ impl Reader<'_> {
         Ok(p.dir)
     }
 
-    /// Reports a failure of `source`; a failed store is not asked again.
-    fn failed(
-        source: &mut Source<'_>,
-        what: &str,
-        e: RemoteError,
-        on: &mut dyn FnMut(RemoteEvent),
-    ) {
+    /// Reports a failure of `source`; a failed store is not asked again
+    /// (and is reported once).
+    fn failed(source: &Source<'_>, what: &str, e: RemoteError, on: &mut dyn FnMut(RemoteEvent)) {
         if e.store_failed() {
-            source.usable = false;
-            on(RemoteEvent::Warning(format!(
-                "shared cache {} cannot be used ({e}); going on without it",
-                source.store
-            )));
+            if source.usable.replace(false) {
+                on(RemoteEvent::Warning(format!(
+                    "shared cache {} cannot be used ({e}); going on without it",
+                    source.store
+                )));
+            }
         } else {
             on(RemoteEvent::Warning(format!(
                 "{what} from {} is damaged ({e}); it is built here",
@@ -193,12 +205,12 @@ impl Reader<'_> {
     }
 
     /// A stage's entry from the first store that has it, committed.
-    fn stage(&mut self, name: &str, key: &str, on: &mut dyn FnMut(RemoteEvent)) -> Option<Entry> {
-        for i in 0..self.sources.len() {
-            if !self.sources[i].usable {
+    fn stage(&self, name: &str, key: &str, on: &mut dyn FnMut(RemoteEvent)) -> Option<Entry> {
+        for source in &self.sources {
+            if !source.usable() {
                 continue;
             }
-            let store = self.sources[i].store;
+            let store = source.store;
             let got = self
                 .read(store, key, None)
                 .and_then(|r| r.map(|p| self.commit(p)).transpose());
@@ -212,7 +224,7 @@ impl Reader<'_> {
                     });
                     return Some(entry);
                 }
-                Err(e) => Self::failed(&mut self.sources[i], name, e, on),
+                Err(e) => Self::failed(source, name, e, on),
             }
         }
         None
@@ -222,10 +234,7 @@ impl Reader<'_> {
         &self,
         (pending, meta, bytes): (Pending, Meta, u64),
     ) -> Result<(Entry, u64), RemoteError> {
-        let entry = self
-            .cache
-            .commit_fetched(pending, meta)?
-            .map_err(RemoteError::Damaged)?;
+        let entry = self.cache.commit_checked(pending, meta)?;
         Ok((entry, bytes))
     }
 }
@@ -246,18 +255,14 @@ pub(crate) fn fill(
     if remote.from.is_empty() {
         return fetched;
     }
-    let mut reader = Reader {
-        sources: remote
-            .from
-            .iter()
-            .map(|store| Source {
-                store,
-                usable: true,
-            })
-            .collect(),
+    let reader = Reader {
+        sources: remote.from.iter().map(Source::new).collect(),
         cache,
         opts: &remote.registry,
     };
+    // One stage at a time: unpacking is mostly the file system's work,
+    // and two unpacks at once on two cores took longer than one after the
+    // other (each unpack already reads on one thread and writes on another).
     for p in planned.iter_mut() {
         if p.hit.is_none() && !p.in_session {
             p.hit = reader.stage(&p.package.pkg.name.value, &p.key, on);
@@ -274,18 +279,18 @@ pub(crate) fn fill(
     {
         return fetched;
     }
-    for s in 0..reader.sources.len() {
-        if !reader.sources[s].usable {
+    for source in &reader.sources {
+        if !source.usable() {
             continue;
         }
-        match fetch_session(&reader, reader.sources[s].store, planned, &session) {
+        match fetch_session(&reader, source.store, planned, &session) {
             Ok(None) => {}
             Ok(Some(got)) => {
                 for (i, entry, bytes) in got {
                     let stage = planned[i].package.pkg.name.value.clone();
                     on(RemoteEvent::Fetched {
                         stage: stage.clone(),
-                        from: reader.sources[s].store.to_string(),
+                        from: source.store.to_string(),
                         bytes,
                     });
                     fetched.push(stage);
@@ -295,7 +300,7 @@ pub(crate) fn fill(
                 return fetched;
             }
             Err(e) => {
-                Reader::failed(&mut reader.sources[s], "the signing session", e, on);
+                Reader::failed(source, "the signing session", e, on);
                 // What the cache holds now (a failed fetch may have replaced
                 // entries of another session before it was undone).
                 for &i in &session {
@@ -318,10 +323,7 @@ pub fn fetch_all(
     on: &mut dyn FnMut(RemoteEvent),
 ) -> Result<usize, RemoteError> {
     let reader = Reader {
-        sources: vec![Source {
-            store: from,
-            usable: true,
-        }],
+        sources: vec![Source::new(from)],
         cache,
         opts,
     };
@@ -390,26 +392,36 @@ fn fetch_members(
             "session {id} lists `{key}`, which is not a stage key"
         )));
     }
-    let mut pending = Vec::new();
-    for (n, (key, digest)) in members.iter().enumerate() {
-        match reader.read(store, key, Some(digest)) {
+    let tag = artifact::session_tag(id);
+    let read = members.iter().map(
+        |(key, digest)| match reader.read(store, key, Some(digest)) {
             Ok(Some(p))
-                if p.1.session.as_deref().map(artifact::session_tag)
-                    == Some(artifact::session_tag(id)) =>
+                if p.1.session.as_deref().map(artifact::session_tag) == Some(tag.clone()) =>
             {
-                pending.push((n, p))
-            }
-            Err(e) => {
-                discard_all(reader.cache, pending, None);
-                return Err(e);
+                Ok(p)
             }
             Ok(other) => {
-                discard_all(reader.cache, pending, other.map(|p| p.0));
-                return Err(RemoteError::Damaged(format!(
+                if let Some((p, _, _)) = other {
+                    let _ = reader.cache.discard(p);
+                }
+                Err(RemoteError::Damaged(format!(
                     "the entry {key} listed in session {id} is missing or of another session"
-                )));
+                )))
             }
+            Err(e) => Err(e),
+        },
+    );
+    let mut pending = Vec::new();
+    let mut failure = None;
+    for (n, r) in read.into_iter().enumerate() {
+        match r {
+            Ok(p) => pending.push((n, p)),
+            Err(e) => failure = failure.or(Some(e)),
         }
+    }
+    if let Some(e) = failure {
+        discard_all(reader.cache, pending);
+        return Err(e);
     }
     commit_all(reader, pending).map(|got| {
         got.into_iter()
@@ -418,25 +430,12 @@ fn fetch_members(
     })
 }
 
-/// Commits every pending entry, or none: every tree is checked against
-/// its recorded digest before the first is sealed; a failure while sealing
-/// (the disk) removes those sealed already.
+/// Commits every pending entry (each checked while it was read), or
+/// none: a failure while sealing (the disk) removes those sealed already.
 fn commit_all(
     reader: &Reader<'_>,
     pending: Vec<(usize, (Pending, Meta, u64))>,
 ) -> Result<Vec<Landed>, RemoteError> {
-    let failure =
-        pending.iter().find_map(
-            |(_, (p, meta, _))| match reader.cache.check_fetched(p, meta) {
-                Ok(Ok(())) => None,
-                Ok(Err(why)) => Some(RemoteError::Damaged(why)),
-                Err(e) => Some(e.into()),
-            },
-        );
-    if let Some(e) = failure {
-        discard_all(reader.cache, pending, None);
-        return Err(e);
-    }
     let mut out = Vec::new();
     let mut left = pending.into_iter();
     while let Some((i, (p, meta, bytes))) = left.next() {
@@ -518,11 +517,8 @@ fn fetch_session(
     Ok(Some(out))
 }
 
-fn discard_all(cache: &Cache, pending: Vec<(usize, (Pending, Meta, u64))>, extra: Option<Pending>) {
+fn discard_all(cache: &Cache, pending: Vec<(usize, (Pending, Meta, u64))>) {
     for (_, (p, _, _)) in pending {
-        let _ = cache.discard(p);
-    }
-    if let Some(p) = extra {
         let _ = cache.discard(p);
     }
 }
