@@ -246,6 +246,35 @@ fn storing_what_is_there_sends_nothing_and_racing_writers_both_succeed() {
 }
 
 #[test]
+fn a_build_with_more_of_a_session_completes_the_index_a_partial_build_stored() {
+    let registry = Registry::start();
+    let cache = format!("{}/team/cache", registry.addr());
+    let a = project("hello");
+    build(a.path(), &["kcert", "mods"]);
+    // A build of part of the session stores an index of that part.
+    let e = build(a.path(), &["--insecure", "--cache-to", &cache, "kcert"]);
+    assert!(e.contains("kcert: stored in"), "{e}");
+    // The whole session later: the index is completed, not left partial.
+    let e = build(
+        a.path(),
+        &["--insecure", "--cache-to", &cache, "kcert", "mods"],
+    );
+    assert!(e.contains("mods: stored in"), "{e}");
+    assert!(!e.contains("kcert: stored in"), "{e}");
+
+    let b = project("hello");
+    let e = build(
+        b.path(),
+        &["--insecure", "--cache-from", &cache, "kcert", "mods"],
+    );
+    assert!(
+        e.contains("built 0 stage(s), 3 cached (3 from the shared cache)"),
+        "{e}"
+    );
+    same_outputs(a.path(), b.path());
+}
+
+#[test]
 fn an_oci_directory_carries_the_cache_to_an_air_gapped_machine() {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("oci:{}", dir.path().join("cache").display());

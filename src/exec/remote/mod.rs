@@ -15,7 +15,8 @@
 //! - A signing session travels as one unit: its stages are fetched only
 //!   when the store's session index lists every session stage the plan
 //!   has, and all of them land in the cache or none does; a session is
-//!   stored stage by stage, then its index last.
+//!   stored stage by stage, then its index last (an index stored from part
+//!   of a session is completed by a later build with more of it).
 //! - What is fetched is checked by digest while it is read, and its tree
 //!   against the digest the entry recorded, before it is committed: the
 //!   local cache then holds exactly what a local build would have left.

@@ -105,9 +105,13 @@ fn intact(entry: &Entry, on: &mut dyn FnMut(RemoteEvent)) -> Result<bool, Remote
     Ok(false)
 }
 
-/// The session's stages (tagged by key, replacing another session's
-/// entry of the same key), then its index; nothing when the store has the
-/// index already.
+/// The session's stages the store's index of the session lacks (tagged by
+/// key, replacing another session's entry of the same key), then the
+/// index over what it had and what was added. A build that reused part of
+/// a session stores a partial index; a later build with more of the
+/// session completes it. Two writers completing one index at once: each
+/// reads the index again after writing it and adds what the other's write
+/// dropped (three rounds at most).
 fn store_session(
     to: &Store,
     layout: &Layout,
@@ -117,39 +121,72 @@ fn store_session(
     on: &mut dyn FnMut(RemoteEvent),
 ) -> Result<(), RemoteError> {
     let index_tag = artifact::session_tag(id);
-    if to.has(&index_tag, opts)? {
-        for entry in entries {
-            on(RemoteEvent::Present {
-                stage: entry.meta.stage.clone(),
-                to: to.to_string(),
-            });
-        }
+    let mut stored = to.session_members(&index_tag, opts)?.unwrap_or_default();
+    let (present, missing): (Vec<&Entry>, Vec<&Entry>) = entries
+        .iter()
+        .partition(|e| stored.contains_key(&e.meta.key));
+    for entry in present {
+        on(RemoteEvent::Present {
+            stage: entry.meta.stage.clone(),
+            to: to.to_string(),
+        });
+    }
+    if missing.is_empty() {
         return Ok(());
     }
-    for entry in entries {
+    for entry in &missing {
         if !intact(entry, on)? {
             return Ok(());
         }
     }
-    let mut members = Vec::new();
-    for entry in entries {
+    let mut ours = Vec::new();
+    for entry in missing {
         let desc = artifact::write_stage(layout, &entry.meta, &entry.out())?;
-        let bytes = put(
-            to,
-            layout,
-            &desc,
-            &artifact::stage_tag(&entry.meta.key),
-            opts,
-        )?;
+        let tag = artifact::stage_tag(&entry.meta.key);
+        let bytes = put(to, layout, &desc, &tag, opts)?;
         on(RemoteEvent::Stored {
             stage: entry.meta.stage.clone(),
             to: to.to_string(),
             bytes,
         });
-        members.push(desc);
+        ours.push((entry.meta.key.clone(), desc));
     }
-    let index = artifact::write_session(layout, id, &members)?;
-    put(to, layout, &index, &index_tag, opts)?;
+    for _ in 0..3 {
+        for (key, desc) in &ours {
+            stored.entry(key.clone()).or_insert_with(|| desc.clone());
+        }
+        for desc in stored.values() {
+            copy_manifest(to, layout, desc, opts)?;
+        }
+        let members: Vec<_> = stored.values().cloned().collect();
+        let index = artifact::write_session(layout, id, &members)?;
+        put(to, layout, &index, &index_tag, opts)?;
+        stored = to.session_members(&index_tag, opts)?.unwrap_or_default();
+        if ours.iter().all(|(key, _)| stored.contains_key(key)) {
+            return Ok(());
+        }
+    }
+    Err(RemoteError::Invalid(format!(
+        "the index of session {id} kept losing stages to other writers"
+    )))
+}
+
+/// Puts the manifest `desc` names (one already in the store) into the
+/// staging layout, so an index naming it can be stored from there.
+fn copy_manifest(
+    to: &Store,
+    layout: &Layout,
+    desc: &oci_spec::image::Descriptor,
+    opts: &RegistryOptions,
+) -> Result<(), RemoteError> {
+    if layout.has_blob(desc.digest()) {
+        return Ok(());
+    }
+    let digest = desc.digest().to_string();
+    let bytes = to.manifest_at(&digest, opts)?.ok_or_else(|| {
+        RemoteError::Damaged(format!("{to} lists {digest} in a session but lacks it"))
+    })?;
+    layout.write_blob(&bytes)?;
     Ok(())
 }
 

@@ -9,7 +9,8 @@
 //!   (`oci::registry::pull`); a layout's blobs are checked when read.
 //! - Writing puts blobs first and the tag last (the registry client's
 //!   order; `Layout::set_tag` after the blobs), so a reader never finds a
-//!   tag whose content is missing.
+//!   tag whose content is missing. Writers of a layout store take turns
+//!   (a lock on its directory); a registry orders its own writes.
 //! - A registry that answers "no such tag or repository" is a miss; any
 //!   other failure is an error for the caller to report, never a miss.
 
@@ -181,6 +182,33 @@ impl Store {
         }
     }
 
+    /// The exact bytes of the manifest or index with `digest`, or `None`.
+    pub fn manifest_at(
+        &self,
+        digest: &str,
+        opts: &RegistryOptions,
+    ) -> Result<Option<Vec<u8>>, RemoteError> {
+        match self {
+            Store::Registry(repo) => {
+                let mut r = repo.clone();
+                r.digest = Some(digest.to_string());
+                Ok(registry::manifest_bytes(&r, opts)?.map(|(_, b)| b))
+            }
+            Store::Layout(dir) => {
+                let Some(layout) = open_layout(dir)? else {
+                    return Ok(None);
+                };
+                let d = digest
+                    .parse::<oci_spec::image::Digest>()
+                    .map_err(|e| RemoteError::Invalid(format!("{digest}: {e}")))?;
+                if !layout.has_blob(&d) {
+                    return Ok(None);
+                }
+                Ok(Some(layout.read_blob(&d)?))
+            }
+        }
+    }
+
     /// The exact bytes of what `tag` names, or `None`.
     fn manifest(&self, tag: &str, opts: &RegistryOptions) -> Result<Option<Vec<u8>>, RemoteError> {
         match self {
@@ -221,6 +249,7 @@ impl Store {
                 Ok(sent)
             }
             Store::Layout(dir) => {
+                let _lock = lock_layout(dir)?;
                 let to = Layout::create(dir)?;
                 let sent = copy_blobs(layout, &to, desc)?;
                 to.set_tag(desc, tag)?;
@@ -228,6 +257,20 @@ impl Store {
             }
         }
     }
+}
+
+/// An exclusive lock on a layout store's directory, held while one writer
+/// copies blobs and retags: `index.json` is read, changed and replaced,
+/// and opening a layout for writing clears its temp blobs, so two writers
+/// at once would lose a tag or a blob in flight. Readers need no lock
+/// (`index.json` is replaced whole, blobs are renamed into place).
+fn lock_layout(dir: &Path) -> Result<std::fs::File, RemoteError> {
+    let fail = |e: std::io::Error| RemoteError::Invalid(format!("locking {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let handle = std::fs::File::open(dir).map_err(fail)?;
+    rustix::fs::flock(&handle, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| fail(e.into()))?;
+    Ok(handle)
 }
 
 fn open_layout(dir: &Path) -> Result<Option<Layout>, RemoteError> {
@@ -265,4 +308,53 @@ fn copy_blobs(from: &Layout, to: &Layout, desc: &Descriptor) -> Result<u64, Remo
         sent += w.finish(Some(d.digest()))?.1;
     }
     Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use oci_spec::image::{Descriptor, ImageManifestBuilder, MediaType};
+
+    use super::Store;
+    use crate::oci::layout::Layout;
+    use crate::oci::registry::RegistryOptions;
+
+    /// A small manifest of its own in a staging layout.
+    fn manifest(staging: &Layout, n: usize) -> Descriptor {
+        let (digest, size) = staging
+            .write_blob(format!("config {n}").as_bytes())
+            .unwrap();
+        let config = Descriptor::new(MediaType::ImageConfig, size, digest);
+        let m = ImageManifestBuilder::default()
+            .schema_version(2u32)
+            .config(config)
+            .layers(Vec::new())
+            .build()
+            .unwrap();
+        staging.write_json(MediaType::ImageManifest, &m).unwrap()
+    }
+
+    #[test]
+    fn writers_at_once_in_one_layout_store_lose_no_tag_and_no_blob() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::Layout(t.path().join("store"));
+        let opts = RegistryOptions::default();
+        std::thread::scope(|s| {
+            for w in 0..6 {
+                let (store, opts, root) = (&store, &opts, t.path());
+                s.spawn(move || {
+                    let staging = Layout::create(&root.join(format!("staging-{w}"))).unwrap();
+                    for n in 0..30 {
+                        let desc = manifest(&staging, w * 100 + n);
+                        store
+                            .put(&staging, &desc, &format!("w{w}-{n}"), opts)
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let mut tags = store.tags(&opts).unwrap();
+        tags.sort();
+        tags.dedup();
+        assert_eq!(tags.len(), 6 * 30);
+    }
 }
