@@ -181,6 +181,46 @@ fn a_damaged_entry_is_reported_and_built_here() {
     // Nothing damaged was kept: the cache verifies.
     let o = composer(b.path(), &["cache", "verify", "--cache-dir", "cache"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // `cache pull` reports the damaged entry, takes the rest, and fails.
+    let c = project("hello");
+    let o = composer(
+        c.path(),
+        &[
+            "cache",
+            "pull",
+            "--insecure",
+            "--cache-dir",
+            "cache",
+            &cache,
+        ],
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{e}");
+    assert!(e.contains(&format!("warning: entry {key} from")), "{e}");
+    assert!(e.contains("2 entries fetched"), "the session came: {e}");
+    assert!(e.contains("1 entry or session damaged"), "{e}");
+}
+
+#[test]
+fn pulling_sessions_that_share_keys_twice_fetches_nothing_the_second_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("oci:{}", dir.path().join("cache").display());
+    let a = machine_a(&store);
+    // A second session over the same keys (a rotated key).
+    let e = build(
+        a.path(),
+        &["--new-session", "--cache-to", &store, "kcert", "mods"],
+    );
+    assert!(e.contains("kcert: stored in"), "{e}");
+    let b = project("hello");
+    let e = cache_cmd(b.path(), &["pull", &store]);
+    assert!(
+        e.contains("3 entries fetched"),
+        "one session and the tree: {e}"
+    );
+    let e = cache_cmd(b.path(), &["pull", &store]);
+    assert!(e.contains("0 entries fetched"), "{e}");
 }
 
 #[test]
@@ -205,7 +245,53 @@ fn an_unreachable_cache_is_a_warning_not_a_failure() {
         1,
         "said once, then not asked again: {e}"
     );
-    assert!(e.contains("warning: storing in the shared cache"), "{e}");
+    assert!(
+        e.contains(&format!(
+            "warning: nothing stored in the shared cache {nowhere}: it could not be used earlier in this build"
+        )),
+        "not tried again when storing: {e}"
+    );
+
+    // Only storing: tried, and the build still succeeds.
+    let e = build(b.path(), &["--cache-to", &nowhere, "kcert", "mods"]);
+    assert!(
+        e.contains(&format!(
+            "warning: storing in the shared cache {nowhere} stopped"
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_offline_build_refuses_a_registry_cache_before_anything_runs() {
+    let b = project("hello");
+    for flag in ["--cache-from", "--cache-to"] {
+        let cache = b.path().join("cache");
+        let o = composer(
+            b.path(),
+            &[
+                "build",
+                "--offline",
+                "--cache-dir",
+                cache.to_str().unwrap(),
+                flag,
+                "127.0.0.1:1/team/cache",
+                "kcert",
+            ],
+        );
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{e}");
+        assert!(
+            e.contains("--offline: the shared cache 127.0.0.1:1/team/cache is a registry"),
+            "{e}"
+        );
+        assert!(!b.path().join("_out").exists(), "nothing built: {e}");
+    }
+    // An oci: directory is no network: allowed.
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("oci:{}", dir.path().join("cache").display());
+    let e = build(b.path(), &["--offline", "--cache-to", &store, "kcert"]);
+    assert!(e.contains("kcert: stored in"), "{e}");
 }
 
 #[test]

@@ -203,6 +203,17 @@ fn exec_options(args: &BuildArgs, epoch: Option<i64>) -> Result<exec::Options, C
         to: args.cache_to.as_ref().map(store).transpose()?,
         registry: exec::remote::Remote::registry_options(args.images.insecure),
     };
+    if args.sources.offline
+        && let Some(r) = remote
+            .from
+            .iter()
+            .chain(&remote.to)
+            .find(|s| s.is_registry())
+    {
+        return Err(CliError::user(format!(
+            "--offline: the shared cache {r} is a registry; an offline build reads and writes only oci: directories"
+        )));
+    }
     Ok(exec::Options {
         cache_dir: args.sources.cache_dir(),
         output: args.output.clone(),

@@ -201,7 +201,7 @@ pub fn run(global: &Global, args: &CacheArgs) -> CliResult {
             let cache = Cache::open(&dir, &mut waiting).map_err(internal)?;
             let opts = Remote::registry_options(*insecure);
             let mut read = 0;
-            let landed = fetch_all(&store, &cache, &opts, &mut |e| {
+            let pulled = fetch_all(&store, &cache, &opts, &mut |e| {
                 if let RemoteEvent::Fetched { bytes, .. } = &e {
                     read += bytes;
                 }
@@ -209,9 +209,20 @@ pub fn run(global: &Global, args: &CacheArgs) -> CliResult {
             })
             .map_err(|e| CliError::user(format!("fetching from {store}: {e}")))?;
             eprintln!(
-                "{landed} entries fetched from {store}; {} read",
+                "{} entries fetched from {store}; {} read",
+                pulled.landed,
                 bytes(read)
             );
+            if pulled.damaged > 0 {
+                return Err(CliError::user(format!(
+                    "{} damaged in {store} and not kept (see the warnings above); everything else was fetched",
+                    if pulled.damaged == 1 {
+                        "1 entry or session".to_string()
+                    } else {
+                        format!("{} entries or sessions", pulled.damaged)
+                    }
+                )));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

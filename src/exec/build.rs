@@ -247,7 +247,7 @@ pub fn build_gated(
     })?;
     let platform = defs.platform.to_string();
     let (mut planned, index) = plan_stages(defs, plan, opts, &cache)?;
-    let fetched = remote::fill(
+    let filled = remote::fill(
         &mut planned,
         &cache,
         &opts.remote,
@@ -287,12 +287,13 @@ pub fn build_gated(
         ..Summary::default()
     };
     tally(&planned, &cache, &platform, &mut summary)?;
-    summary.fetched = fetched
+    summary.fetched = filled
+        .fetched
         .into_iter()
         .filter(|s| summary.cached.contains(s))
         .collect();
     summary.outputs = gate_and_export(plan, &planned, &index, &outputs, &summary, opts, gate, on)?;
-    remote::publish(&outputs, &cache, &opts.remote, &mut |e| {
+    remote::publish(&outputs, &cache, &opts.remote, &filled.unusable, &mut |e| {
         on(Progress::Remote(e))
     });
     Ok(summary)

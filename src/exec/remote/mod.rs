@@ -240,6 +240,14 @@ impl Reader<'_> {
     }
 }
 
+/// What [`fill`] did: the stages fetched, and the stores that could not
+/// be used (storing in one of them is not tried again in this build).
+#[derive(Debug, Default)]
+pub(crate) struct Filled {
+    pub fetched: Vec<String>,
+    pub unusable: Vec<Store>,
+}
+
 /// Before the build decides what runs: every stage with no local entry is
 /// looked for in the `--cache-from` stores, and what is found becomes its
 /// entry. The signing session's stages come as one unit, and only when
@@ -251,16 +259,35 @@ pub(crate) fn fill(
     remote: &Remote,
     new_session: bool,
     on: &mut dyn FnMut(RemoteEvent),
-) -> Vec<String> {
-    let mut fetched = Vec::new();
+) -> Filled {
     if remote.from.is_empty() {
-        return fetched;
+        return Filled::default();
     }
     let reader = Reader {
         sources: remote.from.iter().map(Source::new).collect(),
         cache,
         opts: &remote.registry,
     };
+    let fetched = fill_from(&reader, planned, new_session, on);
+    Filled {
+        fetched,
+        unusable: reader
+            .sources
+            .iter()
+            .filter(|s| !s.usable())
+            .map(|s| s.store.clone())
+            .collect(),
+    }
+}
+
+fn fill_from(
+    reader: &Reader<'_>,
+    planned: &mut [Planned<'_>],
+    new_session: bool,
+    on: &mut dyn FnMut(RemoteEvent),
+) -> Vec<String> {
+    let cache = reader.cache;
+    let mut fetched = Vec::new();
     // One stage at a time: unpacking is mostly the file system's work,
     // and two unpacks at once on two cores took longer than one after the
     // other (each unpack already reads on one thread and writes on another).
@@ -284,7 +311,7 @@ pub(crate) fn fill(
         if !source.usable() {
             continue;
         }
-        match fetch_session(&reader, source.store, planned, &session) {
+        match fetch_session(reader, source.store, planned, &session) {
             Ok(None) => {}
             Ok(Some(got)) => {
                 for (i, entry, bytes) in got {
@@ -314,48 +341,66 @@ pub(crate) fn fill(
     fetched
 }
 
+/// What `composer cache pull` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pulled {
+    /// Entries that landed in the cache.
+    pub landed: usize,
+    /// Entries (a session counts once) found damaged and not kept.
+    pub damaged: usize,
+}
+
 /// Every entry of `from` that the cache does not have, fetched and
 /// committed: each signing session whole (or not at all), then each entry
-/// outside a session. Returns how many entries landed.
+/// outside a session. A damaged entry or session is reported and skipped;
+/// the pull goes on. A session is taken when the cache lacks one of its
+/// keys (a key has one entry here: of sessions sharing keys, the first
+/// taken keeps them, so pulling again changes nothing). Fails only when
+/// the store itself fails.
 pub fn fetch_all(
     from: &Store,
     cache: &Cache,
     opts: &RegistryOptions,
     on: &mut dyn FnMut(RemoteEvent),
-) -> Result<usize, RemoteError> {
+) -> Result<Pulled, RemoteError> {
     let reader = Reader {
         sources: vec![Source::new(from)],
         cache,
         opts,
     };
     let tags = from.tags(opts)?;
-    let mut landed = 0;
+    let mut pulled = Pulled::default();
     let (sessions, stages): (Vec<&String>, Vec<&String>) =
         tags.iter().partition(|t| t.starts_with("session-"));
-    for tag in sessions {
-        let Some(members) = from.session_members(tag, opts)? else {
-            continue;
-        };
-        let id = tag.trim_start_matches("session-");
-        let missing: Vec<(String, String)> = members
-            .iter()
-            .filter(|(key, _)| {
-                cache
-                    .lookup(key)
-                    .and_then(|e| e.meta.session)
-                    .is_none_or(|s| artifact::session_tag(&s) != *tag)
-            })
-            .map(|(key, d)| (key.clone(), d.digest().to_string()))
-            .collect();
-        let got = fetch_members(&reader, from, id, &missing)?;
-        for (key, bytes) in got {
-            on(RemoteEvent::Fetched {
-                stage: cache.lookup(&key).map(|e| e.meta.stage).unwrap_or(key),
-                from: from.to_string(),
-                bytes,
-            });
-            landed += 1;
+    let mut outcome = |what: &str,
+                       got: Result<Vec<(String, u64)>, RemoteError>,
+                       on: &mut dyn FnMut(RemoteEvent)| {
+        match got {
+            Ok(got) => {
+                for (key, bytes) in got {
+                    on(RemoteEvent::Fetched {
+                        stage: cache.lookup(&key).map(|e| e.meta.stage).unwrap_or(key),
+                        from: from.to_string(),
+                        bytes,
+                    });
+                    pulled.landed += 1;
+                }
+                Ok(())
+            }
+            Err(e) if e.store_failed() => Err(e),
+            Err(e) => {
+                on(RemoteEvent::Warning(format!(
+                    "{what} from {from} is damaged ({e}); not kept"
+                )));
+                pulled.damaged += 1;
+                Ok(())
+            }
         }
+    };
+    for tag in sessions {
+        let id = tag.trim_start_matches("session-");
+        let got = pull_session(&reader, from, tag, id);
+        outcome(&format!("session {id}"), got, on)?;
     }
     for tag in stages {
         if !is_key(tag) {
@@ -367,17 +412,45 @@ pub fn fetch_all(
         if cache.lookup(tag).is_some() || from.session_of(tag, opts)?.is_some() {
             continue;
         }
-        if let Some(p) = reader.read(from, tag, None)? {
-            let (entry, bytes) = reader.commit(p)?;
-            on(RemoteEvent::Fetched {
-                stage: entry.meta.stage,
-                from: from.to_string(),
-                bytes,
+        let got = reader
+            .read(from, tag, None)
+            .and_then(|p| p.map(|p| reader.commit(p)).transpose())
+            .map(|got| {
+                got.map(|(e, bytes)| (e.meta.key, bytes))
+                    .into_iter()
+                    .collect()
             });
-            landed += 1;
-        }
+        outcome(&format!("entry {tag}"), got, on)?;
     }
-    Ok(landed)
+    Ok(pulled)
+}
+
+/// The session indexed by `tag`, when the cache lacks one of its keys:
+/// its members that are not this session's here already, all or none.
+fn pull_session(
+    reader: &Reader<'_>,
+    from: &Store,
+    tag: &str,
+    id: &str,
+) -> Result<Vec<(String, u64)>, RemoteError> {
+    let Some(members) = from.session_members(tag, reader.opts)? else {
+        return Ok(Vec::new());
+    };
+    let cache = reader.cache;
+    if members.keys().all(|key| cache.lookup(key).is_some()) {
+        return Ok(Vec::new());
+    }
+    let missing: Vec<(String, String)> = members
+        .iter()
+        .filter(|(key, _)| {
+            cache
+                .lookup(key)
+                .and_then(|e| e.meta.session)
+                .is_none_or(|s| artifact::session_tag(&s) != *tag)
+        })
+        .map(|(key, d)| (key.clone(), d.digest().to_string()))
+        .collect();
+    fetch_members(reader, from, id, &missing)
 }
 
 /// The entries `(key, manifest digest)` of session `id`, all read, then

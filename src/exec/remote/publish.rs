@@ -17,16 +17,24 @@ use crate::oci::layout::Layout;
 use crate::oci::registry::RegistryOptions;
 
 /// After a successful build: every stage's entry is stored in `--cache-to`
-/// unless it is there already (`outputs`: the entries of the plan).
+/// unless it is there already (`outputs`: the entries of the plan), or
+/// unless it is one of the stores found `unusable` while fetching.
 pub(crate) fn publish(
     outputs: &[Entry],
     cache: &Cache,
     remote: &Remote,
+    unusable: &[Store],
     on: &mut dyn FnMut(RemoteEvent),
 ) {
     let Some(to) = &remote.to else {
         return;
     };
+    if unusable.contains(to) {
+        on(RemoteEvent::Warning(format!(
+            "nothing stored in the shared cache {to}: it could not be used earlier in this build"
+        )));
+        return;
+    }
     if let Err(e) = store_entries(to, outputs, cache, &remote.registry, on) {
         on(RemoteEvent::Warning(format!(
             "storing in the shared cache {to} stopped: {e}"

@@ -56,6 +56,13 @@ impl std::str::FromStr for Store {
     }
 }
 
+impl Store {
+    /// Whether reaching it needs the network.
+    pub fn is_registry(&self) -> bool {
+        matches!(self, Store::Registry(_))
+    }
+}
+
 impl fmt::Display for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
