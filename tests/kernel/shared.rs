@@ -9,7 +9,9 @@
 //!   session);
 //! - B changes the fixture module: a new session is built on B (the
 //!   keyless kernel tree is reused) and stored; A, changed the same way,
-//!   gets the whole session from the registry and builds nothing.
+//!   gets the whole session from the registry and builds nothing;
+//! - machine C, empty, with a blob of kernel-prepare's entry damaged in the
+//!   registry's storage: C reports it and builds that stage itself.
 
 use std::fs;
 use std::path::Path;
@@ -137,4 +139,39 @@ pub fn two_machines(a: &Path, rel: &str) {
     );
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
     assert_eq!(demo::release(&a.join("_out")), rel);
+
+    damaged_entry_is_built_here(&registry, &cache, a, &mark);
+}
+
+/// Machine C, empty, with the layer of kernel-prepare's entry damaged in
+/// the registry's storage: C reports it, builds kernel-prepare itself,
+/// and takes everything else from the registry; its outputs are A's.
+fn damaged_entry_is_built_here(registry: &Registry, cache: &str, a: &Path, mark: &str) {
+    let repo = "demo/composer-cache";
+    let prepare = registry
+        .tags(repo)
+        .into_iter()
+        .map(|t| registry.manifest(repo, &t))
+        .find(|m| m["annotations"]["dev.composer.stage.name"] == "kernel-prepare")
+        .expect("kernel-prepare's entry in the registry");
+    let layer = prepare["layers"][0]["digest"].as_str().unwrap().to_string();
+    let blob = registry.blob_file(&layer);
+    let mut bytes = fs::read(&blob).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x55;
+    fs::write(&blob, bytes).unwrap();
+
+    let c = demo::copy_project();
+    touch_module(c.path(), mark);
+    let (_, e) = build_with(c.path(), &c.path().join("cache"), &["--cache-from", cache]);
+    assert!(e.contains("warning: kernel-prepare from"), "{e}");
+    assert!(e.contains("is damaged"), "{e}");
+    assert!(e.contains("kernel-prepare: built in"), "built here: {e}");
+    assert!(
+        e.contains("built 1 stage(s), 5 cached (5 from the shared cache)"),
+        "{e}"
+    );
+    for t in TARGETS {
+        same_tree(&a.join("_out").join(t), &c.path().join("_out").join(t));
+    }
 }
