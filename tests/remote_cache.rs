@@ -76,6 +76,10 @@ fn a_second_machine_builds_nothing_when_the_first_stored_its_build() {
         );
     }
     assert!(!e.contains("started"), "no stage ran: {e}");
+    // `-v` announces each fetch before it starts (without it, only large
+    // ones): the stage outside the session.
+    let announced = e.find("ktree: fetching ").expect(&e);
+    assert!(announced < e.find("ktree: fetched from").unwrap(), "{e}");
     same_outputs(a.path(), b.path());
     assert!(verifies(
         b.path(),

@@ -43,9 +43,18 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// A fetch at least this large is announced before it starts (unpacking
+/// a kernel tree of this size takes seconds).
+const LONG_FETCH: u64 = 16 << 20;
+
 /// One line on what the shared cache did.
 pub fn remote_line(e: &RemoteEvent) -> String {
     match e {
+        RemoteEvent::Fetching {
+            stage,
+            from,
+            bytes: n,
+        } => format!("{stage}: fetching {} from {from}", bytes(*n)),
         RemoteEvent::Fetched {
             stage,
             from,
@@ -164,8 +173,15 @@ impl View {
         self.heartbeat();
     }
 
+    /// What the shared cache did; without `-v`, entries already stored
+    /// are not listed and a fetch is announced only when it is long work.
     fn remote(&self, e: RemoteEvent) {
-        if self.verbose > 0 || !matches!(e, RemoteEvent::Present { .. }) {
+        let quiet = match &e {
+            RemoteEvent::Present { .. } => true,
+            RemoteEvent::Fetching { bytes, .. } => *bytes < LONG_FETCH,
+            _ => false,
+        };
+        if self.verbose > 0 || !quiet {
             self.say(remote_line(&e));
         }
     }

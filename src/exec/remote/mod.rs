@@ -116,6 +116,12 @@ impl Remote {
 /// What the shared cache did, for the build's report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RemoteEvent {
+    /// `from` has a stage's entry of `bytes`; it is being read.
+    Fetching {
+        stage: String,
+        from: String,
+        bytes: u64,
+    },
     /// A stage's entry came from `from`: `bytes` read.
     Fetched {
         stage: String,
@@ -192,6 +198,7 @@ impl Reader<'_> {
         store: &Store,
         key: &str,
         digest: Option<&str>,
+        found: &mut dyn FnMut(u64),
     ) -> Result<Option<(Pending, Meta, u64)>, RemoteError> {
         let scratch = self.scratch()?;
         let found = store.fetch(
@@ -199,6 +206,7 @@ impl Reader<'_> {
             digest,
             &scratch.join("layout"),
             self.opts,
+            found,
         );
         let result = match found {
             Ok(Some(f)) => artifact::read_stage(&f.layout, &f.manifest, key, self.cache).map(Some),
@@ -216,8 +224,15 @@ impl Reader<'_> {
                 continue;
             }
             let store = source.store;
+            let mut fetching = |bytes| {
+                on(RemoteEvent::Fetching {
+                    stage: name.to_string(),
+                    from: store.to_string(),
+                    bytes,
+                })
+            };
             let got = self
-                .read(store, key, None)
+                .read(store, key, None, &mut fetching)
                 .and_then(|r| r.map(|p| self.commit(p)).transpose());
             match got {
                 Ok(None) => {}
@@ -359,8 +374,8 @@ fn fetch_members(
         )));
     }
     let tag = artifact::session_tag(id);
-    let read = members.iter().map(
-        |(key, digest)| match reader.read(store, key, Some(digest)) {
+    let read = members.iter().map(|(key, digest)| {
+        match reader.read(store, key, Some(digest), &mut |_| {}) {
             Ok(Some(p))
                 if p.1.session.as_deref().map(artifact::session_tag) == Some(tag.clone()) =>
             {
@@ -375,8 +390,8 @@ fn fetch_members(
                 )))
             }
             Err(e) => Err(e),
-        },
-    );
+        }
+    });
     let mut pending = Vec::new();
     let mut failure = None;
     for (n, r) in read.into_iter().enumerate() {

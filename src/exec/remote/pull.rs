@@ -83,7 +83,7 @@ pub fn fetch_all(
             continue;
         }
         let got = reader
-            .read(from, tag, None)
+            .read(from, tag, None, &mut |_| {})
             .and_then(|p| p.map(|p| reader.commit(p)).transpose())
             .map(|got| {
                 got.map(|(e, bytes)| (e.meta.key, bytes))

@@ -81,21 +81,24 @@ pub struct Found {
 impl Store {
     /// The stage artifact tagged `tag` (or with manifest digest `digest`),
     /// its blobs fetched into `staging` for a registry; `None` when the
-    /// store has none.
+    /// store has none. `found` hears the size of its blobs once the
+    /// manifest is read, before they are.
     pub fn fetch(
         &self,
         tag: &str,
         digest: Option<&str>,
         staging: &Path,
         opts: &RegistryOptions,
+        found: &mut dyn FnMut(u64),
     ) -> Result<Option<Found>, RemoteError> {
         match self {
             Store::Registry(repo) => {
                 let mut r = repo.with_tag(tag);
                 r.digest = digest.map(str::to_string);
-                if registry::manifest_digest(&r, opts)?.is_none() {
+                let Some((_, bytes)) = registry::manifest_bytes(&r, opts)? else {
                     return Ok(None);
-                }
+                };
+                found(blob_bytes(&bytes));
                 let layout = Layout::create(staging)?;
                 let manifest = registry::pull(&r, None, &layout, tag, opts, &|_| {})?;
                 Ok(Some(Found { layout, manifest }))
@@ -112,6 +115,7 @@ impl Store {
                         Err(e) => return Err(e.into()),
                     },
                 };
+                found(blob_bytes(&layout.read_blob(manifest.digest())?));
                 Ok(Some(Found { layout, manifest }))
             }
         }
@@ -264,6 +268,14 @@ impl Store {
             }
         }
     }
+}
+
+/// The bytes of the blobs a manifest names (0 when it is not one: reading
+/// it later says what is wrong).
+fn blob_bytes(manifest: &[u8]) -> u64 {
+    serde_json::from_slice::<ImageManifest>(manifest).map_or(0, |m| {
+        m.config().size() + m.layers().iter().map(|l| l.size()).sum::<u64>()
+    })
 }
 
 /// An exclusive lock on a layout store's directory, held while one writer
