@@ -374,35 +374,27 @@ fn fetch_members(
         )));
     }
     let tag = artifact::session_tag(id);
-    let read = members.iter().map(|(key, digest)| {
-        match reader.read(store, key, Some(digest), &mut |_| {}) {
+    let mut pending = Vec::new();
+    for (n, (key, digest)) in members.iter().enumerate() {
+        let failure = match reader.read(store, key, Some(digest), &mut |_| {}) {
             Ok(Some(p))
                 if p.1.session.as_deref().map(artifact::session_tag) == Some(tag.clone()) =>
             {
-                Ok(p)
+                pending.push((n, p));
+                continue;
             }
             Ok(other) => {
                 if let Some((p, _, _)) = other {
                     let _ = reader.cache.discard(p);
                 }
-                Err(RemoteError::Damaged(format!(
+                RemoteError::Damaged(format!(
                     "the entry {key} listed in session {id} is missing or of another session"
-                )))
+                ))
             }
-            Err(e) => Err(e),
-        }
-    });
-    let mut pending = Vec::new();
-    let mut failure = None;
-    for (n, r) in read.into_iter().enumerate() {
-        match r {
-            Ok(p) => pending.push((n, p)),
-            Err(e) => failure = failure.or(Some(e)),
-        }
-    }
-    if let Some(e) = failure {
+            Err(e) => e,
+        };
         discard_all(reader.cache, pending);
-        return Err(e);
+        return Err(failure);
     }
     commit_all(reader, pending).map(|got| {
         got.into_iter()

@@ -119,7 +119,9 @@ fn intact(entry: &Entry, on: &mut dyn FnMut(RemoteEvent)) -> Result<bool, Remote
 /// a session stores a partial index; a later build with more of the
 /// session completes it. Two writers completing one index at once: each
 /// reads the index again after writing it and adds what the other's write
-/// dropped (three rounds at most).
+/// dropped (three rounds at most). A writer that wrote after the other
+/// had checked can still drop its stages from the index; the next build
+/// with those stages finds them missing and adds them again.
 fn store_session(
     to: &Store,
     layout: &Layout,

@@ -4,8 +4,10 @@
 //!
 //! Invariants: a damaged entry or session is reported and skipped (the
 //! pull goes on, and says how many at the end); only a store that fails
-//! as a whole stops it. A key has one entry locally: of sessions sharing
-//! keys, the first taken keeps them, so pulling again fetches nothing.
+//! as a whole stops it. A key has one entry locally, and a session is
+//! taken only when the cache lacks one of its keys (then whole, replacing
+//! the entries of sessions that share its other keys), so pulling again
+//! fetches nothing.
 
 use super::{Reader, RemoteError, RemoteEvent, Source, Store, artifact, fetch_members};
 use crate::exec::cache::{Cache, is_key};
@@ -24,9 +26,8 @@ pub struct Pulled {
 /// committed: each signing session whole (or not at all), then each entry
 /// outside a session. A damaged entry or session is reported and skipped;
 /// the pull goes on. A session is taken when the cache lacks one of its
-/// keys (a key has one entry here: of sessions sharing keys, the first
-/// taken keeps them, so pulling again changes nothing). Fails only when
-/// the store itself fails.
+/// keys, so pulling again fetches nothing. Fails only when the store
+/// itself fails.
 pub fn fetch_all(
     from: &Store,
     cache: &Cache,
@@ -79,17 +80,22 @@ pub fn fetch_all(
             )));
             continue;
         }
-        if cache.lookup(tag).is_some() || from.session_of(tag, opts)?.is_some() {
+        if cache.lookup(tag).is_some() {
             continue;
         }
-        let got = reader
-            .read(from, tag, None, &mut |_| {})
-            .and_then(|p| p.map(|p| reader.commit(p)).transpose())
-            .map(|got| {
-                got.map(|(e, bytes)| (e.meta.key, bytes))
-                    .into_iter()
-                    .collect()
-            });
+        let got = match from.session_of(tag, opts) {
+            // A session's stage comes with its session, above.
+            Ok(Some(_)) => continue,
+            Ok(None) => reader
+                .read(from, tag, None, &mut |_| {})
+                .and_then(|p| p.map(|p| reader.commit(p)).transpose())
+                .map(|got| {
+                    got.map(|(e, bytes)| (e.meta.key, bytes))
+                        .into_iter()
+                        .collect()
+                }),
+            Err(e) => Err(e),
+        };
         outcome(&format!("entry {tag}"), got, on)?;
     }
     Ok(pulled)

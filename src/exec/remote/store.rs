@@ -278,15 +278,26 @@ fn blob_bytes(manifest: &[u8]) -> u64 {
     })
 }
 
-/// An exclusive lock on a layout store's directory, held while one writer
-/// copies blobs and retags: `index.json` is read, changed and replaced,
-/// and opening a layout for writing clears its temp blobs, so two writers
-/// at once would lose a tag or a blob in flight. Readers need no lock
+/// The lock file of a layout store: a regular file opened for writing
+/// (on NFS `flock` becomes a POSIX lock, which needs one). Tools that read
+/// the layout ignore it.
+const LAYOUT_LOCK: &str = ".composer-lock";
+
+/// An exclusive lock on a layout store, held while one writer copies
+/// blobs and retags: `index.json` is read, changed and replaced, and
+/// opening a layout for writing clears its temp blobs, so two writers at
+/// once would lose a tag or a blob in flight. Readers need no lock
 /// (`index.json` is replaced whole, blobs are renamed into place).
 fn lock_layout(dir: &Path) -> Result<std::fs::File, RemoteError> {
-    let fail = |e: std::io::Error| RemoteError::Invalid(format!("locking {}: {e}", dir.display()));
+    let path = dir.join(LAYOUT_LOCK);
+    let fail = |e: std::io::Error| RemoteError::Invalid(format!("locking {}: {e}", path.display()));
     std::fs::create_dir_all(dir).map_err(fail)?;
-    let handle = std::fs::File::open(dir).map_err(fail)?;
+    let handle = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(fail)?;
     rustix::fs::flock(&handle, rustix::fs::FlockOperation::LockExclusive)
         .map_err(|e| fail(e.into()))?;
     Ok(handle)

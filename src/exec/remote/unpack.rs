@@ -31,7 +31,6 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -273,12 +272,10 @@ impl Tree<'_> {
             }
             Item::File { rel, mode, mtime } => {
                 let path = self.place(&rel)?;
-                // Created with its mode (a new file opened for writing
-                // stays writable whatever its mode).
                 let file = OpenOptions::new()
                     .write(true)
                     .create_new(true)
-                    .mode(mode)
+                    .mode(0o600)
                     .open(&path)
                     .map_err(|e| fail(&rel, e))?;
                 self.open = Some((file, rel, mode, mtime));
@@ -290,12 +287,17 @@ impl Tree<'_> {
             }
             Item::End { sha256, len } => {
                 if let Some((file, rel, mode, mtime)) = self.open.take() {
-                    if mode & !umask() != mode {
-                        file.set_permissions(fs::Permissions::from_mode(mode))
-                            .map_err(|e| fail(&rel, e))?;
-                    }
-                    file.set_modified(UNIX_EPOCH + Duration::from_secs(mtime))
+                    // After the writes: writing clears setuid and setgid
+                    // bits (without CAP_FSETID), and a default ACL or the
+                    // umask may have changed the mode the file was made with.
+                    file.set_permissions(fs::Permissions::from_mode(mode))
                         .map_err(|e| fail(&rel, e))?;
+                    let time = UNIX_EPOCH
+                        .checked_add(Duration::from_secs(mtime))
+                        .ok_or_else(|| {
+                            format!("`{}`: mtime {mtime} is out of range", show(&rel))
+                        })?;
+                    file.set_modified(time).map_err(|e| fail(&rel, e))?;
                     self.nodes.insert(rel, Node::File { mode, sha256, len });
                 }
             }
@@ -363,22 +365,6 @@ impl Tree<'_> {
             size,
         })
     }
-}
-
-/// The process's umask, read once (`/proc/self/status`); when it cannot
-/// be read, every mode is set explicitly.
-fn umask() -> u32 {
-    static UMASK: OnceLock<u32> = OnceLock::new();
-    *UMASK.get_or_init(|| {
-        fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Umask:"))
-                    .and_then(|m| u32::from_str_radix(m.trim(), 8).ok())
-            })
-            .unwrap_or(0o7777)
-    })
 }
 
 /// A key as a relative path, byte for byte.
