@@ -157,12 +157,7 @@ pub fn read_stage(
         .and_then(|m| u32::from_str_radix(m, 8).ok());
     let layer = &m.layers()[0];
     let pending = cache.begin()?;
-    match unpack_layer(
-        &layout.blob_path(layer.digest()),
-        layer,
-        &pending.out(),
-        root_mode,
-    ) {
+    match unpack_layer(layout, layer, &pending.out(), root_mode) {
         Ok(tree) if tree.digest == meta.output_digest => {
             let bytes = m.config().size() + layer.size();
             let meta = Meta {

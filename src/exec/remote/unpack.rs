@@ -38,6 +38,7 @@ use oci_spec::image::Descriptor;
 use sha2::{Digest, Sha256};
 
 use crate::exec::fsops::TreeHasher;
+use crate::oci::layout::{Layout, VerifyingReader};
 
 /// What was unpacked: the tree's digest (`fsops::tree_digest`) and the
 /// bytes of its regular files (`fsops::tree_size`).
@@ -74,11 +75,11 @@ enum Node {
 const QUEUE: usize = 256;
 const CHUNK: u64 = 256 << 10;
 
-/// Unpacks the zstd tar `blob` (described by `layer`) into `out`, an empty
+/// Unpacks the zstd tar `layer` of `layout` into `out`, an empty
 /// directory; `root_mode` is the mode `out` gets (else the one it has).
 /// One thread reads, decompresses and hashes; this one writes.
 pub fn unpack_layer(
-    blob: &Path,
+    layout: &Layout,
     layer: &Descriptor,
     out: &Path,
     root_mode: Option<u32>,
@@ -87,7 +88,10 @@ pub fn unpack_layer(
     if !media.ends_with("tar+zstd") {
         return Err(format!("layer of media type {media}: expected a zstd tar"));
     }
-    let file = File::open(blob).map_err(|e| format!("{}: {e}", blob.display()))?;
+    let blob = layout
+        .open_blob(layer.digest(), Some(layer.size()))
+        .map_err(|e| e.to_string())?;
+    let path = layout.blob_path(layer.digest());
     let (tx, rx) = sync_channel(QUEUE);
     let mut tree = Tree {
         out,
@@ -96,7 +100,7 @@ pub fn unpack_layer(
         open: None,
     };
     std::thread::scope(|scope| {
-        let reading = scope.spawn(|| read_layer(file, layer, tx));
+        let reading = scope.spawn(|| read_layer(blob, &path, tx));
         let written = tree.apply_all(rx);
         // The reader stops at its next item once the receiver is gone.
         let read = reading
@@ -107,35 +111,33 @@ pub fn unpack_layer(
     tree.finish(root_mode)
 }
 
-/// Reads the layer's entries into `tx`; checks its digest and size at the
-/// end. Stops quietly when the writer is gone (it has its own error).
-fn read_layer(file: File, layer: &Descriptor, tx: SyncSender<Item>) -> Result<(), String> {
-    let mut hashing = Hashing {
-        inner: io::BufReader::with_capacity(1 << 20, file),
-        hash: Sha256::new(),
-        read: 0,
-    };
-    {
-        let decoder = zstd::Decoder::new(&mut hashing).map_err(|e| e.to_string())?;
+/// Reads the layer's entries into `tx`; its digest and size are checked
+/// when it has been read to its end. Stops quietly when the writer is gone
+/// (it has its own error).
+fn read_layer(
+    mut blob: VerifyingReader<File>,
+    path: &Path,
+    tx: SyncSender<Item>,
+) -> Result<(), String> {
+    let mut buffered = io::BufReader::with_capacity(1 << 20, &mut blob);
+    let read = (|| -> Result<bool, String> {
+        let decoder = zstd::Decoder::with_buffer(&mut buffered).map_err(|e| e.to_string())?;
         let mut archive = tar::Archive::new(decoder);
         for entry in archive.entries().map_err(|e| e.to_string())? {
             let mut entry = entry.map_err(|e| format!("reading the layer: {e}"))?;
             if !send_entry(&mut entry, &tx)? {
-                return Ok(());
+                return Ok(false);
             }
         }
-    }
-    io::copy(&mut hashing, &mut io::sink()).map_err(|e| format!("reading the layer: {e}"))?;
-    let actual = format!("sha256:{}", hex::encode(hashing.hash.finalize()));
-    if actual != layer.digest().to_string() || hashing.read != layer.size() {
-        return Err(format!(
-            "the layer has digest {actual} ({} bytes), its manifest names {} ({} bytes)",
-            hashing.read,
-            layer.digest(),
-            layer.size()
-        ));
-    }
-    Ok(())
+        Ok(true)
+    })();
+    let drained = match read {
+        Ok(true) => io::copy(&mut buffered, &mut io::sink()).map(|_| ()),
+        Ok(false) => return Ok(()),
+        Err(e) => Err(io::Error::other(e)),
+    };
+    drop(buffered);
+    drained.map_err(|e| blob.explain(e, path).to_string())
 }
 
 /// Sends one entry (a file with its contents, hashed here); `false` when
@@ -187,22 +189,6 @@ fn send_entry<R: Read>(
         ));
     };
     Ok(tx.send(item).is_ok())
-}
-
-/// A reader that hashes and counts what passes through it.
-struct Hashing<R> {
-    inner: R,
-    hash: Sha256,
-    read: u64,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        self.read += n as u64;
-        Ok(n)
-    }
 }
 
 /// The tree being written.

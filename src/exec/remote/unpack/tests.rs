@@ -1,6 +1,6 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use oci_spec::image::{Descriptor, DescriptorBuilder, MediaType};
 use sha2::{Digest, Sha256};
@@ -39,11 +39,10 @@ fn tricky_tree(root: &Path) {
     fs::set_permissions(root.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
 }
 
-fn layer_of(tree: &Path, layout_dir: &Path) -> (PathBuf, Descriptor) {
+fn layer_of(tree: &Path, layout_dir: &Path) -> (Layout, Descriptor) {
     let layout = Layout::create(layout_dir).unwrap();
     let layer = write_dir(&layout, tree, Compression::Zstd, 0).unwrap();
-    let blob = layout.blob_path(layer.descriptor.digest());
-    (blob, layer.descriptor)
+    (layout, layer.descriptor)
 }
 
 #[test]
@@ -52,11 +51,11 @@ fn an_unpacked_tree_has_the_digest_and_size_of_the_tree_that_was_packed() {
     let src = t.path().join("src");
     fs::create_dir(&src).unwrap();
     tricky_tree(&src);
-    let (blob, desc) = layer_of(&src, &t.path().join("layout"));
+    let (layout, desc) = layer_of(&src, &t.path().join("layout"));
     let out = t.path().join("out");
     fs::create_dir(&out).unwrap();
     let mode = fs::metadata(&src).unwrap().mode() & 0o7777;
-    let got = unpack_layer(&blob, &desc, &out, Some(mode)).unwrap();
+    let got = unpack_layer(&layout, &desc, &out, Some(mode)).unwrap();
     assert_eq!(got.digest, tree_digest(&src).unwrap());
     assert_eq!(
         got.digest,
@@ -83,10 +82,10 @@ fn a_changed_root_mode_changes_the_digest() {
     fs::create_dir(&src).unwrap();
     fs::write(src.join("f"), "1").unwrap();
     fs::set_permissions(&src, fs::Permissions::from_mode(0o755)).unwrap();
-    let (blob, desc) = layer_of(&src, &t.path().join("layout"));
+    let (layout, desc) = layer_of(&src, &t.path().join("layout"));
     let out = t.path().join("out");
     fs::create_dir(&out).unwrap();
-    let got = unpack_layer(&blob, &desc, &out, Some(0o700)).unwrap();
+    let got = unpack_layer(&layout, &desc, &out, Some(0o700)).unwrap();
     assert_ne!(got.digest, tree_digest(&src).unwrap());
     assert_eq!(got.digest, tree_digest(&out).unwrap());
 }
@@ -116,17 +115,22 @@ fn file(name: &str) -> Vec<u8> {
     raw(tar::EntryType::Regular, name.as_bytes(), b"", b"data")
 }
 
-/// Unpacks a layer made of `entries` (zstd), described by its own digest.
-fn unpack_entries(entries: &[Vec<u8>]) -> (tempfile::TempDir, Result<super::Unpacked, String>) {
+/// A zstd tar layer of `entries`.
+fn zstd_tar(entries: &[Vec<u8>]) -> Vec<u8> {
     let mut tar = entries.concat();
     tar.extend_from_slice(&[0; 1024]);
-    let blob = zstd::encode_all(&tar[..], 3).unwrap();
+    zstd::encode_all(&tar[..], 3).unwrap()
+}
+
+/// Unpacks a layer made of `entries`, described by its own digest.
+fn unpack_entries(entries: &[Vec<u8>]) -> (tempfile::TempDir, Result<super::Unpacked, String>) {
+    let blob = zstd_tar(entries);
     let t = tempfile::tempdir().unwrap();
-    let path = t.path().join("blob");
-    fs::write(&path, &blob).unwrap();
+    let layout = Layout::create(&t.path().join("layout")).unwrap();
+    layout.write_blob(&blob).unwrap();
     let out = t.path().join("out");
     fs::create_dir(&out).unwrap();
-    let r = unpack_layer(&path, &descriptor(&blob), &out, None);
+    let r = unpack_layer(&layout, &descriptor(&blob), &out, None);
     (t, r)
 }
 
@@ -195,21 +199,25 @@ fn links_and_devices_a_cache_entry_cannot_hold_are_refused() {
 
 #[test]
 fn a_layer_whose_bytes_differ_from_its_digest_is_refused() {
-    let mut tar = [dir("d/"), file("d/f")].concat();
-    tar.extend_from_slice(&[0; 1024]);
-    let blob = zstd::encode_all(&tar[..], 3).unwrap();
     let t = tempfile::tempdir().unwrap();
-    let path = t.path().join("blob");
+    let layout = Layout::create(&t.path().join("layout")).unwrap();
+    let good = zstd_tar(&[dir("d/"), file("d/f")]);
+    let desc = descriptor(&good);
+    // Another sound layer where this one's blob should be: it unpacks,
+    // and its digest (or size) gives it away at its end.
+    let other = zstd_tar(&[dir("e/"), file("e/g")]);
+    let blob = layout.blob_path(desc.digest());
+    fs::write(&blob, &other).unwrap();
     let out = t.path().join("out");
     fs::create_dir(&out).unwrap();
-    // Another layer's descriptor.
-    fs::write(&path, &blob).unwrap();
-    let other = descriptor(b"other bytes");
-    let e = unpack_layer(&path, &other, &out, None).unwrap_err();
-    assert!(e.contains("its manifest names"), "{e}");
+    let e = unpack_layer(&layout, &desc, &out, None).unwrap_err();
+    assert!(
+        e.contains("content has digest") || e.contains("descriptor says"),
+        "{e}"
+    );
     // Truncated.
-    fs::write(&path, &blob[..blob.len() / 2]).unwrap();
+    fs::write(&blob, &good[..good.len() / 2]).unwrap();
     let out2 = t.path().join("out2");
     fs::create_dir(&out2).unwrap();
-    assert!(unpack_layer(&path, &descriptor(&blob), &out2, None).is_err());
+    assert!(unpack_layer(&layout, &desc, &out2, None).is_err());
 }
