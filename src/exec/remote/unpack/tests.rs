@@ -1,3 +1,9 @@
+//! Tests of the cache-entry unpacker: a packed tree comes back with the
+//! digest and size `fsops` computes from the disk, and every hostile layer
+//! (paths leaving the tree, entries through a symlink, twice or before
+//! their directory, stray links, devices, bytes that differ from the
+//! descriptor) is refused.
+
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
